@@ -1,0 +1,1 @@
+"""CLI command modules; each exposes ``register(subparsers)``. Keep them thin: parse, call the library."""
