@@ -143,6 +143,7 @@ class StageConfig:
     anchor: str = ""  # route point name (e.g. 'epoch_006') or 'final'
     epochs: float = 1.0
     lr: float | None = None  # None keeps optim.lr
+    steps: int = 0  # stage length in optimizer steps; overrides epochs when > 0
 
 
 @dataclass
@@ -157,10 +158,16 @@ class DistillConfig:
     gss_delta: float = 0.5
     gss_delta_mode: Literal["absolute", "relative"] = "relative"
     gss_probe_images: int = 512
+    gss_seed: int = 0  # seeds the probe-set choice; the initial student uses train.seed
+    gss_divergence: Literal["auto", "kl", "l2", "cosine", "relational"] = "auto"
+    gss_use_logits: bool = True  # KL of softened logits when the route stores classifiers
+    gss_max_anchors: int = 0  # cap on the number of anchors (final included); 0 = no cap
+    best_metric: str = ""  # strategy=best: route val metric to maximise; empty = the first one recorded
     schedule: Literal["one_stage", "multi_stage"] = "one_stage"
     final_share: float = 0.25  # share of the budget spent on the final teacher
     restart_lr: bool = True  # multi-stage: each stage restarts the lr schedule
     gate: bool = False  # skip anchors whose val metric is below the student's current one
+    gate_metric: str = ""  # val metric the gate compares; empty = the first one both sides report
     stages: list[StageConfig] = field(default_factory=list)  # explicit stages override the automatic plan
     mimic_weight: float = 1.0
     mimic_type: Literal["l2", "cosine"] = "l2"
@@ -171,6 +178,7 @@ class DistillConfig:
     hint_teacher_layer: str = ""
     arcface_weight: float = 1.0
     cache: str = ""  # anchor-feature cache directory; empty = run the teacher online
+    cache_verify: bool = True  # check every cache shard's sha256 when it is opened
 
 
 @dataclass
