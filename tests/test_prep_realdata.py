@@ -1,0 +1,78 @@
+"""Detection and alignment on real photos (../shared/data/detect_align, LFW); skipped when the data is absent."""
+
+from __future__ import annotations
+
+import importlib.util
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facerco.prep.align import read_image
+from facerco.prep.detectors import box_iou
+
+pytestmark = pytest.mark.realdata
+needs_dlib = pytest.mark.skipif(importlib.util.find_spec("dlib") is None, reason="dlib not installed (align extra)")
+
+
+def _voc_boxes(xml_path: Path) -> dict[str, list[np.ndarray]]:
+    """dlib imglab XML -> {file: [xyxy boxes]} (box = top, left, width, height)."""
+    out: dict[str, list[np.ndarray]] = {}
+    for image in ET.parse(xml_path).getroot().iter("image"):
+        boxes = out.setdefault(image.get("file"), [])
+        for b in image.iter("box"):
+            x, y, w, h = (float(b.get(k)) for k in ("left", "top", "width", "height"))
+            boxes.append(np.array([x, y, x + w, y + h]))
+    return out
+
+
+def _match(truth: list[np.ndarray], found: list[np.ndarray], thr: float = 0.5) -> tuple[int, int]:
+    """Greedy one-to-one matching by IoU; returns (true positives, false positives)."""
+    free = list(range(len(truth)))
+    tp = 0
+    for box in found:
+        ious = [box_iou(box, truth[i]) for i in free]
+        if ious and max(ious) >= thr:
+            free.pop(int(np.argmax(ious)))
+            tp += 1
+    return tp, len(found) - tp
+
+
+@needs_dlib
+def test_dlib_finds_all_43_labelled_faces_without_false_positives(real_data):
+    from facerco.prep.detectors import create_detector
+
+    root = real_data / "detect_align" / "dlib_pascal_voc_faces"
+    labels = {**_voc_boxes(root / "training.xml"), **_voc_boxes(root / "testing.xml")}
+    assert sum(len(v) for v in labels.values()) == 43
+    det = create_detector("dlib", upsample=1)
+    tp = fp = 0
+    for name, truth in labels.items():
+        faces = det.detect(read_image(root / name))
+        assert all(f.landmarks.shape == (5, 2) for f in faces)
+        t, f = _match(truth, [face.box for face in faces])
+        tp, fp = tp + t, fp + f
+    assert (tp, fp) == (43, 0)
+    assert det.detect(read_image(root / "dogs.jpg")) == []
+
+
+@needs_dlib
+def test_dlib_five_point_calibration_holds_on_fresh_lfw_faces(real_data):
+    """FIVE_POINT_CANONICAL was fitted on 594 LFW faces; 40 others must agree within 1 template pixel."""
+    from facerco.prep.detectors._dlib import FIVE_POINT_CANONICAL, DlibDetector, calibrate_five_point
+
+    lfw = real_data / "lfw_deepfunneled"
+    people = sorted(p for p in lfw.iterdir() if p.is_dir())[-40:]
+    d5, d68 = DlibDetector(points="5"), DlibDetector(points="68")
+    pairs = []
+    for person in people:
+        img = read_image(sorted(person.glob("*.jpg"))[0])
+        rects, _ = d5.detect_boxes(img)
+        if not rects:
+            continue
+        r = max(rects, key=lambda r: r.area())
+        pts = [np.array([(p.x, p.y) for p in d._predictor(img, r).parts()], float) for d in (d5, d68)]
+        pairs.append((pts[0], pts[1]))
+    assert len(pairs) >= 35
+    assert np.abs(calibrate_five_point(pairs) - FIVE_POINT_CANONICAL).max() < 1.0
