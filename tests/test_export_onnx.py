@@ -254,3 +254,41 @@ def test_cli_constants_mirror_library() -> None:
     assert cmd._EXPORTERS == fx.EXPORTERS
     assert cmd._DEFAULT_OPSET == fx.DEFAULT_OPSET
     assert cmd._GENERATED == fx.GENERATED
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The registered backbones: the 0.8M student that gets deployed and a small iResNet.
+
+REAL_ARCHS = ["mbf_0.8m", "iresnet_tiny"]
+
+
+@pytest.fixture(scope="module", params=REAL_ARCHS)
+def real_export(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    from facerco.models import create_model
+
+    model = _trained_like(create_model(request.param))
+    info = fx.export_onnx(model, tmp_path_factory.mktemp(request.param) / f"{request.param}.onnx")
+    return model, info, fx.ort_session(info.path, threads=1)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_registered_backbones_batches_and_parity(real_export, batch: int) -> None:
+    model, info, session = real_export
+    x = fx.normalize_batch(fx.generated_images(batch, (112, 112), seed=batch))
+    got = session.run(None, {"data": x})[0]
+    assert got.shape == (batch, model.meta.embedding_size)
+    assert _cosine(_torch_emb(model, x), got).min() >= 0.9999
+    assert fx.is_batch_dynamic(onnx.load(info.path, load_external_data=False))
+
+
+def test_registered_backbone_in_insightface_runtime(real_export) -> None:
+    model, info, _ = real_export
+    _insightface_matches(model, info.path)
+
+
+@pytest.mark.realdata
+def test_parity_on_real_photos(real_export, real_data: Path) -> None:
+    model, info, _ = real_export
+    images, names = fx.load_check_images(real_data / "lfw_deepfunneled", (112, 112), limit=8)
+    report = fx.check_parity(model, info.path, images, names, batch_sizes=(1,), repeats=1)
+    assert report["num_images"] == 8 and report["summary"]["min_cosine"] >= 0.9999

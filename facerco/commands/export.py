@@ -65,7 +65,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
         return 0
     images, names = load_check_images(args.check, info.input_size, limit=args.check_limit)
     report = check_parity(model, info.path, images, names, batch_sizes=(1, 64), repeats=args.repeats)
-    min_cosine = args.min_cosine if args.min_cosine is not None else (0.999 if args.fp16 else 0.9999)
+    min_cosine = args.min_cosine
     report.update({"export": info.to_dict(), "check_source": str(args.check), "goal_min_cosine": min_cosine,
                    "checkpoint_metadata": ckpt_meta})
     report["passed"] = report["summary"]["min_cosine"] >= min_cosine
@@ -107,8 +107,8 @@ def _add_onnx(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-check", action="store_true", help="skip the parity/latency check")
     p.add_argument("--check-limit", type=int, default=64, help="images used by the check (default 64)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per batch size (default 5)")
-    p.add_argument("--min-cosine", type=float, default=None,
-                   help="fail below this per-image cosine (default 0.9999; 0.999 with --fp16)")
+    p.add_argument("--min-cosine", type=float, default=0.9999,
+                   help="exit 1 when any image's cosine is below this (default 0.9999, fp16 included)")
     add_debug_arg(p)
     p.set_defaults(func=_export_onnx)
 
