@@ -398,3 +398,17 @@ def test_mismatched_and_tampered_files_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"x\.onnx: unknown checkpoint type"):
         (tmp_path / "x.onnx").write_bytes(b"0")
         load_model(tmp_path / "x.onnx")
+
+
+def test_model_info_command(capsys):
+    from facerco.cli import main
+
+    assert main(["model-info", "mbf_0.8m", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["params"] == count_params(create_model("mbf_0.8m"))
+    assert info["embedding_size"] == 256 and info["input_size"] == [112, 112]
+    assert main(["model-info", "mobilefacenet", "--embedding-size", "256"]) == 0
+    out = capsys.readouterr().out
+    assert "mobilefacenet" in out and "221M" in out and " 256" in out
+    assert main(["model-info", "mbf_0.8"]) == 1
+    assert "did you mean 'mbf_0.8m'" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -57,8 +58,12 @@ def _register(fn: Callable[..., nn.Module], name: str) -> Callable[..., nn.Modul
 
 
 def list_models(pattern: str = "") -> list[str]:
-    """Sorted registered names, optionally only those containing ``pattern``."""
-    return sorted(n for n in _MODELS if pattern in n)
+    """Registered names in natural order (iresnet18 before iresnet100), optionally only those containing ``pattern``."""
+    return sorted((n for n in _MODELS if pattern in n), key=_natural_key)
+
+
+def _natural_key(name: str) -> list[object]:
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
 
 
 def is_model(name: str) -> bool:
