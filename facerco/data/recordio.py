@@ -473,11 +473,16 @@ def _exact_pair(header: IRHeader) -> tuple[int, int]:
 
 
 def read_dataset_header(reader: RecordReader) -> DatasetHeader | None:
-    """The insightface header (record 0 with an array label), or None for a plain im2rec file."""
+    """The insightface header, or None for a plain im2rec file.
+
+    Record 0 is the header when its label is an array of at least 2 values and nothing follows the label (insightface
+    packs it with an empty payload); a record 0 carrying image bytes is an image of a plain file, even with an
+    array label.
+    """
     if 0 not in reader or len(reader) == 0:
         return None
-    header = reader.header(0)
-    if header.flag < 2:
+    header, payload = unpack(reader.read(0))
+    if header.flag < 2 or payload:  # insightface writes the header with an empty payload; an image has bytes
         return None
     id_start, id_end = _exact_pair(header)
     if not 1 <= id_start <= id_end:

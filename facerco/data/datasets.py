@@ -1,0 +1,214 @@
+"""Training/evaluation datasets: insightface RecordIO folders and aligned image folders.
+
+Both give items ``(image_tensor, label)`` through a transform, expose ``labels`` (np.int64, available without decoding
+any image), ``num_classes`` and ``classes`` (identity names when known), and ``read_bytes(i)`` / ``read_image(i)`` for
+tools that want the encoded or decoded image. The reader is chosen by an explicit format, never by guessing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from facerco.data.recordio import (
+    RecordIOError,
+    RecordReader,
+    class_of,
+    read_dataset_header,
+    read_property,
+    unpack_header,
+)
+from facerco.data.transforms import EvalTransform, decode_image
+
+__all__ = ["IMAGE_EXTENSIONS", "list_identity_folder", "RecordDataset", "FolderDataset", "open_dataset"]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".tif", ".tiff"})
+Transform = Callable[[np.ndarray], torch.Tensor]
+
+
+def list_identity_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[Path], np.ndarray]:
+    """List an aligned folder: one sub-folder per identity, classes and files in sorted (byte-wise) order.
+
+    Hidden entries and sub-folders without images are skipped; files directly under ``root`` (e.g. a landmarks.csv)
+    are ignored.
+
+    Returns:
+        (class names, image paths, labels int64) with labels indexing the class names.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"{base}: image folder not found")
+    classes: list[str] = []
+    paths: list[Path] = []
+    labels: list[int] = []
+    for entry in sorted(os.scandir(base), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        files = sorted(
+            f.name
+            for f in os.scandir(entry.path)
+            if not f.name.startswith(".") and f.is_file() and os.path.splitext(f.name)[1].lower() in IMAGE_EXTENSIONS
+        )
+        if not files:
+            continue
+        label = len(classes)
+        classes.append(entry.name)
+        paths.extend(base / entry.name / name for name in files)
+        labels.extend([label] * len(files))
+    if not classes:
+        raise ValueError(f"{base}: no identity sub-folders with images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return classes, paths, np.asarray(labels, dtype=np.int64)
+
+
+class RecordDataset(Dataset):
+    """An insightface dataset folder: ``train.rec``, ``train.idx`` (optional: scanned when absent), ``property``.
+
+    With the insightface header (record 0, flag 2) the images are keys ``1 .. id_start-1``; without it every record
+    is an image. Labels are read once from the record headers (scalar label, or ``label[0]`` for array labels) and
+    kept in memory; a label that is not an integer in ``[0, num_classes)`` raises with file, key and offset.
+
+    Args:
+        root: the dataset folder (or the ``.rec`` file itself; its ``.idx`` and ``property`` sit beside it).
+        transform: maps an RGB uint8 (H, W, 3) image to a tensor; default ``EvalTransform()``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], transform: Transform | None = None) -> None:
+        root = Path(root)
+        rec = root if root.suffix == ".rec" and root.is_file() else root / "train.rec"
+        if not rec.is_file():
+            raise FileNotFoundError(f"{rec}: record file not found (a RecordIO dataset folder holds train.rec)")
+        self.root = rec.parent
+        self.transform = transform if transform is not None else EvalTransform()
+        self.reader = RecordReader(rec)
+        prop = rec.parent / "property"
+        self.image_size: tuple[int, int] | None = None
+        declared: int | None = None
+        if prop.is_file():
+            declared, h, w = read_property(prop)
+            self.image_size = (h, w)
+        self.header = read_dataset_header(self.reader)
+        if self.header is not None:
+            keys = np.arange(1, self.header.id_start, dtype=np.int64)
+            present = np.isin(keys, self.reader.keys)
+            if not present.all():
+                raise RecordIOError(
+                    f"{rec}: key 0 announces images 1..{self.header.id_start - 1} but key "
+                    f"{int(keys[~present][0])} is not in the file's index"
+                )
+        else:
+            keys = self.reader.keys.copy()
+        self.keys = keys
+        pos = self.reader._pos  # noqa: SLF001 - same package
+        self._offsets = np.asarray([self.reader.offsets[pos[int(k)]] for k in keys], dtype=np.int64)
+        self.labels = self._read_labels(declared)
+        self.num_classes = declared if declared is not None else int(self.labels.max()) + 1 if len(self.labels) else 0
+        self.classes = _load_class_names(self.root, self.num_classes)
+
+    def _read_labels(self, num_classes: int | None) -> np.ndarray:
+        labels = np.empty(len(self.keys), dtype=np.int64)
+        for i, key in enumerate(self.keys):
+            header = self.reader.header(int(key))
+            value = class_of(header)
+            if value != int(value) or value < 0 or (num_classes is not None and value >= num_classes):
+                limit = f"[0, {num_classes})" if num_classes is not None else "non-negative integers"
+                raise RecordIOError(
+                    f"{self.reader.path}: key {int(key)}, offset {int(self._offsets[i])}: label {value:g} out of "
+                    f"range {limit}" + (f" (property: num_classes={num_classes})" if num_classes is not None else "")
+                )
+            labels[i] = int(value)
+        return labels
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def paths(self) -> list[str]:
+        """``<rec>#<key>`` for every image, built on demand (the listing eval reports use)."""
+        return [f"{self.reader.path}#{int(k)}" for k in self.keys]
+
+    def read_bytes(self, i: int) -> bytes:
+        """The encoded image of item ``i`` (without the IRHeader)."""
+        key, offset = int(self.keys[i]), int(self._offsets[i])
+        record, _ = self.reader.read_at(offset, key)
+        try:
+            _, start = unpack_header(record)
+        except ValueError as exc:
+            raise RecordIOError(f"{self.reader.path}: key {key}, offset {offset}: {exc}") from None
+        return record[start:]
+
+    def read_image(self, i: int) -> np.ndarray:
+        """The decoded RGB uint8 image of item ``i``."""
+        buf = self.read_bytes(i)
+        try:
+            return decode_image(buf)
+        except ValueError as exc:
+            raise RecordIOError(
+                f"{self.reader.path}: key {int(self.keys[i])}, offset {int(self._offsets[i])}: "
+                f"non-image payload ({exc})"
+            ) from None
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.read_image(i)), int(self.labels[i])
+
+
+def _load_class_names(root: Path, num_classes: int) -> list[str] | None:
+    """Identity names from the pack manifest written by ``facerco pack``, when present and consistent."""
+    manifest = root / "pack.json"
+    if not manifest.is_file():
+        return None
+    from facerco.utils.io import read_json
+
+    names = read_json(manifest).get("identities")
+    return list(names) if isinstance(names, list) and len(names) == num_classes else None
+
+
+class FolderDataset(Dataset):
+    """An aligned image folder: one sub-folder per identity, sorted class order (see :func:`list_identity_folder`).
+
+    Args:
+        root: the folder.
+        transform: maps an RGB uint8 (H, W, 3) image to a tensor; default ``EvalTransform()``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], transform: Transform | None = None) -> None:
+        self.root = Path(root)
+        self.transform = transform if transform is not None else EvalTransform()
+        self.classes, self.paths, self.labels = list_identity_folder(self.root)
+        self.num_classes = len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def read_bytes(self, i: int) -> bytes:
+        return self.paths[i].read_bytes()
+
+    def read_image(self, i: int) -> np.ndarray:
+        try:
+            return decode_image(self.read_bytes(i))
+        except ValueError as exc:
+            raise ValueError(f"{self.paths[i]}: {exc}") from None
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.read_image(i)), int(self.labels[i])
+
+
+def open_dataset(
+    path: str | os.PathLike[str],
+    fmt: Literal["rec", "folder", "auto"] = "auto",
+    transform: Transform | None = None,
+) -> RecordDataset | FolderDataset:
+    """Open a dataset by explicit format; ``auto`` picks ``rec`` only when ``train.rec`` (or a .rec file) is given."""
+    p = Path(path)
+    if fmt == "auto":
+        fmt = "rec" if (p.suffix == ".rec" and p.is_file()) or (p / "train.rec").is_file() else "folder"
+    if fmt == "rec":
+        return RecordDataset(p, transform)
+    if fmt == "folder":
+        return FolderDataset(p, transform)
+    raise ValueError(f"unknown dataset format {fmt!r}; expected 'rec', 'folder' or 'auto'")
