@@ -123,6 +123,7 @@ class TrainConfig:
     resume: bool = True
     tensorboard: bool = True
     progress: bool = True
+    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only); default keeps per-rank BN statistics like insightface
 
 
 @dataclass

@@ -1,0 +1,54 @@
+"""`facerco train JOB CONFIG [overrides]`: run a training job through the shared engine.
+
+Jobs are looked up in ``JOBS`` (name -> "module:function" taking a Config). ``student`` appears automatically
+once ``facerco.train.student.train_student`` exists, so the distillation area adds its job without editing this
+file. Launch with ``torchrun --nproc_per_node N -m facerco train teacher CONFIG`` for DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+
+from facerco.commands._common import add_config_args
+from facerco.config import load_config
+
+__all__ = ["JOBS", "register"]
+
+JOBS: dict[str, tuple[str, str]] = {
+    "teacher": ("facerco.train.teacher:train_teacher", "train a margin-softmax teacher and record its route"),
+    "student": ("facerco.train.student:train_student", "distill a student along a teacher route (RCO)"),
+}
+
+
+def _available(target: str) -> bool:
+    module = target.split(":", 1)[0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    module_name, func_name = JOBS[args.job][0].split(":", 1)
+    func = getattr(importlib.import_module(module_name), func_name)
+    result = func(cfg)
+    step = getattr(result, "step", None)
+    if step is not None:
+        print(f"done: step {step}/{result.total_steps} in {result.seconds:.1f} s; run dir {cfg.train.output}")
+        for key, value in sorted(getattr(result, "val", {}).items()):
+            print(f"  {key}: {value:.4f}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train a teacher (or student) from a YAML config")
+    sub = parser.add_subparsers(dest="job", metavar="JOB", required=True)
+    for name, (target, help_text) in JOBS.items():
+        if not _available(target):
+            continue
+        job = sub.add_parser(name, help=help_text, description=f"{help_text}. Resumes from <train.output>/last.pt.")
+        add_config_args(job)
+        job.set_defaults(func=_run)

@@ -1,0 +1,118 @@
+"""Per-iteration learning-rate schedules.
+
+The engine multiplies every param group's base lr by ``schedule.lr_factor(step)`` before each optimizer step.
+A job may pass its own object with that one method (e.g. multi-stage restarts for distillation); the factor is a
+pure function of the global step, so a resumed run recomputes it instead of restoring it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from facerco.config import ScheduleConfig
+
+__all__ = ["LRSchedule", "WarmupDecaySchedule", "MultiStageSchedule", "build_schedule"]
+
+
+@runtime_checkable
+class LRSchedule(Protocol):
+    """Anything with ``lr_factor(step) -> float``: the base-lr multiplier at 0-based optimizer step ``step``."""
+
+    def lr_factor(self, step: int) -> float: ...
+
+
+_DECAYS = ("linear", "cosine", "step", "constant")
+
+
+@dataclass(frozen=True)
+class WarmupDecaySchedule:
+    """Linear warm-up from 0 to 1 over ``warmup_steps``, then decay to ``min_factor`` at ``total_steps``.
+
+    Warm-up factor at step t is ``(t + 1) / warmup_steps`` so the first step already moves the weights.
+    Decay position p = (t - warmup) / (total - warmup) in [0, 1]:
+    linear ``1 - p``, cosine ``(1 + cos(pi p)) / 2``, both rescaled to ``min_factor + (1 - min_factor) * f``;
+    step multiplies by ``gamma`` at each milestone (absolute steps, warm-up included), floored at ``min_factor``;
+    constant stays at 1.
+    """
+
+    total_steps: int
+    warmup_steps: int = 0
+    decay: str = "linear"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    min_factor: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.decay not in _DECAYS:
+            raise ValueError(f"schedule decay must be one of {list(_DECAYS)}, got {self.decay!r}")
+        if self.total_steps <= 0:
+            raise ValueError(f"schedule needs total_steps > 0, got {self.total_steps}")
+        if not 0 <= self.warmup_steps <= self.total_steps:
+            raise ValueError(f"warmup_steps must be in [0, total_steps={self.total_steps}], got {self.warmup_steps}")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"schedule milestones must be increasing, got {list(self.milestones)}")
+        if not 0.0 <= self.min_factor <= 1.0:
+            raise ValueError(f"min lr factor must be in [0, 1], got {self.min_factor}")
+
+    def lr_factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.decay == "constant":
+            return 1.0
+        if self.decay == "step":
+            drops = bisect.bisect_right(self.milestones, step)
+            return max(self.gamma**drops, self.min_factor)
+        span = self.total_steps - self.warmup_steps
+        pos = min(max((step - self.warmup_steps) / span, 0.0), 1.0) if span > 0 else 1.0
+        f = 1.0 - pos if self.decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * pos))
+        return self.min_factor + (1.0 - self.min_factor) * f
+
+
+@dataclass(frozen=True)
+class MultiStageSchedule:
+    """Piecewise schedules: stage i covers steps [starts[i], starts[i+1]) and sees a local step (restart).
+
+    Used by multi-stage jobs whose every stage restarts its own warm-up/decay; ``starts[0]`` must be 0.
+    """
+
+    starts: Sequence[int]
+    stages: Sequence[LRSchedule]
+
+    def __post_init__(self) -> None:
+        if len(self.starts) != len(self.stages) or not self.starts:
+            raise ValueError("MultiStageSchedule needs one start step per stage and at least one stage")
+        if self.starts[0] != 0 or list(self.starts) != sorted(set(self.starts)):
+            raise ValueError(f"stage starts must begin at 0 and strictly increase, got {list(self.starts)}")
+
+    def stage_of(self, step: int) -> int:
+        """Index of the stage that owns ``step``."""
+        return bisect.bisect_right(list(self.starts), step) - 1
+
+    def lr_factor(self, step: int) -> float:
+        i = self.stage_of(step)
+        return self.stages[i].lr_factor(step - self.starts[i])
+
+
+def build_schedule(cfg: ScheduleConfig, steps_per_epoch: int, total_steps: int, base_lr: float) -> WarmupDecaySchedule:
+    """The schedule of a config: warm-up and milestones in epochs become steps; ``min_lr`` becomes a factor."""
+    if steps_per_epoch <= 0:
+        raise ValueError(f"steps_per_epoch must be > 0, got {steps_per_epoch} (dataset smaller than one global batch?)")
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps)
+    milestones = tuple(int(round(m * steps_per_epoch)) for m in cfg.milestones)
+    if cfg.decay == "step" and not milestones:
+        raise ValueError("schedule.decay=step needs schedule.milestones (epochs)")
+    min_factor = cfg.min_lr / base_lr if base_lr > 0 else 0.0
+    if min_factor > 1.0:
+        raise ValueError(f"schedule.min_lr={cfg.min_lr} is above optim.lr={base_lr}")
+    return WarmupDecaySchedule(
+        total_steps=total_steps,
+        warmup_steps=warmup,
+        decay=cfg.decay,
+        milestones=milestones,
+        gamma=cfg.gamma,
+        min_factor=min_factor,
+    )

@@ -1,0 +1,98 @@
+"""Periodic verification during training: ``.bin`` sets and LFW-style pairs files, through facerco.eval.
+
+Built once per job by :func:`build_validator`; the engine calls the result on rank 0 with the backbone in eval
+mode. Metric keys are ``<set name>/<metric>`` with the scalar metrics of
+``facerco.eval.verification.evaluate_verification`` (flip-fused embeddings, FORMATS §2).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+__all__ = ["build_validator", "flatten_metrics", "pairs_validator"]
+
+
+def flatten_metrics(prefix: str, result: Mapping[str, Any]) -> dict[str, float]:
+    """Keep the scalar numbers of a metrics dict (nested dicts flattened with '/'), prefixed."""
+    out: dict[str, float] = {}
+    for key, value in result.items():
+        name = f"{prefix}/{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_metrics(name, value))
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, int | float | np.integer | np.floating):
+            out[name] = float(value)
+    return out
+
+
+def pairs_validator(pairs_txt: str, root: str, batch_size: int, device: str) -> Callable[[nn.Module], dict[str, float]]:
+    """Verification on an LFW pairs file (``read_lfw_pairs`` format) with images under ``root``."""
+    from facerco.data.pairs import read_lfw_pairs
+    from facerco.eval.features import extract_embeddings
+    from facerco.eval.verification import evaluate_verification
+
+    pairs = read_lfw_pairs(pairs_txt, root)
+    unique = sorted({str(p) for a, b, _ in pairs for p in (a, b)})
+    index = {p: i for i, p in enumerate(unique)}
+    i1 = np.array([index[str(a)] for a, _, _ in pairs])
+    i2 = np.array([index[str(b)] for _, b, _ in pairs])
+    issame = np.array([s for _, _, s in pairs], dtype=bool)
+    name = Path(pairs_txt).stem
+
+    def run(model: nn.Module) -> dict[str, float]:
+        emb = extract_embeddings(model, unique, batch_size=batch_size, device=device, flip=True).emb
+        return flatten_metrics(name, evaluate_verification(emb[i1], emb[i2], issame))
+
+    return run
+
+
+def bin_validator(bin_path: str, batch_size: int, device: str) -> Callable[[nn.Module], dict[str, float]]:
+    from facerco.eval.verification import verify_bin
+
+    name = Path(bin_path).stem
+
+    def run(model: nn.Module) -> dict[str, float]:
+        return flatten_metrics(name, verify_bin(model, bin_path, batch_size=batch_size, device=device))
+
+    return run
+
+
+def build_validator(
+    val_bins: list[str], val_pairs: str, val_root: str, batch_size: int, device: str
+) -> Callable[[nn.Module], dict[str, float]] | None:
+    """One callable running every configured set, or None when nothing is configured.
+
+    Files are checked now (a typo fails before training, not at the first validation). When facerco.eval is
+    not installed in this build the sets are skipped with a warning.
+    """
+    for b in val_bins:
+        if not Path(b).is_file():
+            raise FileNotFoundError(f"{b}: data.val_bins entry not found")
+    if val_pairs and not Path(val_pairs).is_file():
+        raise FileNotFoundError(f"{val_pairs}: data.val_pairs not found")
+    if val_pairs and not Path(val_root).is_dir():
+        raise FileNotFoundError(f"{val_root}: data.val_root (images of data.val_pairs) not found")
+    if not val_bins and not val_pairs:
+        return None
+    try:
+        runs = [bin_validator(b, batch_size, device) for b in val_bins]
+        if val_pairs:
+            runs.append(pairs_validator(val_pairs, val_root, batch_size, device))
+    except ImportError as exc:
+        warnings.warn(f"validation sets configured but facerco.eval is unavailable ({exc}); skipping", stacklevel=2)
+        return None
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for run in runs:
+            out.update(run(model))
+        return out
+
+    return validate
