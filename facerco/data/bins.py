@@ -106,3 +106,47 @@ def write_bin(path: str | os.PathLike[str], images: Sequence[bytes], issame: Seq
         raise ValueError(f"{path}: {len(blobs)} images for {len(flags)} pairs (expected {2 * len(flags)})")
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         pickle.dump((blobs, flags), handle, protocol=4)
+
+
+def make_bin(
+    pairs_txt: str | os.PathLike[str],
+    image_root: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    size: int | None = None,
+    quality: int = 95,
+    ext: str = "jpg",
+    progress: bool = True,
+) -> int:
+    """Build a verification .bin from an LFW-style pairs file; returns the number of pairs.
+
+    Images are stored as they are on disk (aligning them is ``facerco align``'s job); with ``size`` each image is
+    decoded, resized to ``size`` x ``size`` and re-encoded as JPEG (from BGR, ``quality``).
+    """
+    import cv2
+    from tqdm import tqdm
+
+    from facerco.data.pairs import read_lfw_pairs
+    from facerco.data.transforms import resize_square
+
+    pairs = read_lfw_pairs(pairs_txt, image_root, ext=ext)
+    cache: dict[Path, bytes] = {}
+
+    def load(path: Path) -> bytes:
+        if path not in cache:
+            data = path.read_bytes()
+            if size:
+                img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+                if img is None:
+                    raise ValueError(f"{path}: not a decodable image")
+                ok, buf = cv2.imencode(".jpg", resize_square(img, size), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+                if not ok:  # pragma: no cover
+                    raise ValueError(f"{path}: JPEG encoding failed")
+                data = buf.tobytes()
+            cache[path] = data
+        return cache[path]
+
+    images: list[bytes] = []
+    for a, b, _ in tqdm(pairs, unit="pair", desc="make-bin", disable=not progress):
+        images += [load(a), load(b)]
+    write_bin(out, images, [same for _, _, same in pairs])
+    return len(pairs)
