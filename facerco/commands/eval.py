@@ -1,0 +1,209 @@
+"""`facerco eval verify|megaface`: verification accuracy and MegaFace-style 1:N identification, as reports.
+
+Thin CLI over :mod:`facerco.eval`; heavy imports happen inside the handlers so ``facerco --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from facerco.commands._common import add_debug_arg
+
+_IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm"}
+
+
+def _model_name(model: str, names: list[str] | None, i: int) -> str:
+    if names:
+        return names[i]
+    p = Path(model)
+    return p.parent.name + "/" + p.stem if p.parent.name else p.stem
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from facerco.eval.report import write_report
+    from facerco.eval.verification import verify_bin, verify_pairs
+
+    if bool(args.bin) == bool(args.pairs):
+        raise ValueError("give either --bin FILE [FILE ...] or --pairs pairs.txt --root DIR")
+    if args.pairs and not args.root:
+        raise ValueError("--pairs needs --root (the folder holding <name>/<name>_NNNN.jpg)")
+    if args.names and len(args.names) != len(args.model):
+        raise ValueError(f"--names gives {len(args.names)} names for {len(args.model)} models")
+    results: dict[str, dict[str, Any]] = {}
+    for i, model in enumerate(args.model):
+        name = _model_name(model, args.names, i)
+        per_set: dict[str, Any] = {}
+        for b in args.bin or []:
+            per_set[Path(b).stem] = verify_bin(model, b, args.batch_size, args.device, args.nfolds, args.far,
+                                               progress=True)
+        if args.pairs:
+            per_set[Path(args.pairs).stem] = verify_pairs(
+                model, args.pairs, args.root, args.batch_size, args.device, args.nfolds, args.far, ext=args.ext,
+                progress=True, num_workers=args.num_workers)
+        for set_name, r in per_set.items():
+            tars = "  ".join(f"TAR@{f}={100 * v['tar']:.2f}%" for f, v in r["tar_at_far"].items())
+            print(f"{name:<28} {set_name:<14} acc {100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}  "
+                  f"thr {r['best_threshold']:.3f}  {tars}  XNorm {r['xnorm']:.2f}")
+        results[name] = per_set
+    paths = write_report(args.out, verification=results, meta={"command": "eval verify"})
+    print(f"report: {paths['md']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# megaface
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _image_files(src: Path) -> list[str]:
+    if src.is_file():
+        from facerco.eval.features import _read_list_file
+
+        return [str(p) for p in _read_list_file(src)[0]]
+    return sorted(str(p) for p in src.rglob("*") if p.suffix.lower() in _IMAGE_EXT)
+
+
+def _features(src: str, role: str, model: str | None, args: argparse.Namespace, cache: Path | None) -> Any:
+    """Features of probes or distractors from .npy, a devkit tree, or images (extracted with ``model``)."""
+    import numpy as np
+
+    from facerco.eval.features import Embeddings, extract_embeddings, load_embeddings, read_devkit_tree
+    from facerco.eval.features import save_embeddings as save
+
+    path = Path(src)
+    if path.suffix == ".npy":
+        return load_embeddings(path, mmap=role == "distractors")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: {role} not found")
+    if model is None:
+        if not path.is_dir():
+            raise ValueError(f"{path}: {role} must be a .npy, a devkit feature folder (with --algo) or images with "
+                             f"--model")
+        feats, keys = read_devkit_tree(path, args.algo, progress=True)
+        labels = np.full(len(keys), -1, np.int64)
+        if role == "probes":  # FaceScrub layout: <identity>/<image>
+            names = sorted({Path(k).parent.as_posix() for k in keys})
+            ids = {n: i for i, n in enumerate(names)}
+            labels = np.array([ids[Path(k).parent.as_posix()] for k in keys], np.int64)
+        return Embeddings(feats, np.full(len(keys), np.nan, np.float32), labels, keys)
+    if cache is not None and (cache / f"{role}.npy").is_file():
+        print(f"using cached {role} features {cache / f'{role}.npy'}")
+        return load_embeddings(cache / f"{role}.npy", mmap=role == "distractors")
+    source: Any = path if role == "probes" else _image_files(path)
+    emb = extract_embeddings(model, source, batch_size=args.batch_size, device=args.device,
+                             num_workers=args.num_workers)
+    if cache is not None:
+        save(emb, cache / f"{role}.npy")
+        return load_embeddings(cache / f"{role}.npy", mmap=role == "distractors")
+    return emb
+
+
+def _subset_lists(specs: list[str], keys: list[str]) -> dict[int, Any] | None:
+    if not specs:
+        return None
+    from facerco.eval.lists import KeyIndex, read_image_list
+
+    index = KeyIndex(keys)
+    out = {}
+    for spec in specs:
+        size, sep, file = spec.partition("=")
+        if not sep or not size.isdigit():
+            raise ValueError(f"--subset-list expects SIZE=FILE, got {spec!r}")
+        ids = index.indices(read_image_list(file), file)
+        if len(ids) != int(size):
+            raise ValueError(f"{file}: lists {len(ids)} distinct distractors, not {size}")
+        out[int(size)] = ids
+    return out
+
+
+def _noise(file: str | None, keys: list[str], role: str) -> Any:
+    if not file:
+        return None
+    from facerco.eval.lists import KeyIndex, read_image_list
+
+    mask, missing = KeyIndex(keys).mask(read_image_list(file), file)
+    print(f"{role} noise list {file}: {int(mask.sum())} matched, {len(missing)} not among the {role}")
+    return mask
+
+
+def _megaface(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from facerco.eval.identification import evaluate_identification
+    from facerco.eval.report import write_report
+
+    models: list[str | None] = list(args.model) if args.model else [None]
+    if args.names and len(args.names) != len(models):
+        raise ValueError(f"--names gives {len(args.names)} names for {len(models)} models")
+    out = Path(args.out)
+    results = {}
+    for i, model in enumerate(models):
+        name = args.names[i] if args.names else (_model_name(model, None, 0) if model else "features")
+        cache = out / "features" / name.replace("/", "_") if model else None
+        probes = _features(args.probes, "probes", model, args, cache)
+        dist = _features(args.distractors, "distractors", model, args, cache)
+        if (np.asarray(probes.labels) < 0).any():
+            raise ValueError(f"{args.probes}: probes need identity labels (an identity folder, or a .csv index)")
+        res = evaluate_identification(
+            np.asarray(probes.emb, np.float32), probes.labels, dist.emb, sizes=args.sizes,
+            subsets=_subset_lists(args.subset_list, dist.paths), seed=args.seed, fars=args.far,
+            probe_noise=_noise(args.probe_noise, probes.paths, "probes"),
+            distractor_noise=_noise(args.distractor_noise, dist.paths, "distractors"),
+            backend=args.backend, device=args.device, chunk_size=args.chunk_size)
+        for s in res["sizes"]:
+            tars = "  ".join(f"TAR@{f}={100 * v:.2f}%" for f, v in s["tar_at_far"].items())
+            print(f"{name:<24} {s['size']:>9,} distractors  rank-1 {100 * s['rank1']:.2f}%  "
+                  f"rank-10 {100 * s['cmc'][-1]:.2f}%  {tars}")
+        results[name] = res
+    paths = write_report(out, identification=results, meta={"command": "eval megaface", "probes": args.probes,
+                                                            "distractors": args.distractors})
+    print(f"report: {paths['md']}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help="verification accuracy and MegaFace-style identification reports")
+    sub = parser.add_subparsers(dest="eval_command", metavar="ACTION", required=True)
+
+    v = sub.add_parser("verify", help="10-fold verification on .bin sets or an LFW pairs.txt")
+    v.add_argument("model", nargs="+", help="checkpoint (.safetensors/.pth) or .onnx; several models share a report")
+    v.add_argument("--bin", nargs="+", metavar="FILE", help="insightface verification .bin files")
+    v.add_argument("--pairs", help="LFW-style pairs.txt")
+    v.add_argument("--root", help="image folder for --pairs (<name>/<name>_NNNN.<ext>)")
+    v.add_argument("--ext", default="jpg", help="image extension for --pairs (default jpg)")
+    v.add_argument("--names", nargs="+", help="display names for the models")
+    v.add_argument("--nfolds", type=int, default=10)
+    v.add_argument("--far", type=float, nargs="+", default=[1e-3, 1e-4], help="FAR targets (default 1e-3 1e-4)")
+    v.add_argument("--out", default="eval_out/verify", help="report folder (default eval_out/verify)")
+    _common(v)
+    v.set_defaults(func=_verify)
+
+    m = sub.add_parser("megaface", help="1:N identification with distractors (MegaFace Challenge 1 protocol)")
+    m.add_argument("--probes", required=True,
+                   help="probe features (.npy with .csv labels, devkit folder with --algo) or an identity folder")
+    m.add_argument("--distractors", required=True,
+                   help="distractor features (.npy, memory-mapped; devkit folder with --algo) or images/list")
+    m.add_argument("--model", nargs="+", help="extract features from images with these models")
+    m.add_argument("--names", nargs="+", help="display names for the models")
+    m.add_argument("--algo", default="facerco", help="devkit feature suffix: <image>_<algo>.bin")
+    m.add_argument("--sizes", type=int, nargs="+", help="distractor sizes (default 10, 100, ... and all)")
+    m.add_argument("--subset-list", nargs="+", default=[], metavar="SIZE=FILE",
+                   help="explicit distractor subsets (text list or devkit JSON with 'path') instead of random ones")
+    m.add_argument("--seed", type=int, default=0, help="seed of the nested random subsets")
+    m.add_argument("--probe-noise", help="list of mislabeled probe images (replaced by their identity mean)")
+    m.add_argument("--distractor-noise", help="list of distractors showing probe identities (never matched)")
+    m.add_argument("--far", type=float, nargs="+", default=[1e-6, 1e-5, 1e-4])
+    m.add_argument("--backend", choices=["auto", "torch", "faiss"], default="auto")
+    m.add_argument("--chunk-size", type=int, default=16384, help="distractors per matmul")
+    m.add_argument("--out", default="eval_out/megaface", help="report folder (default eval_out/megaface)")
+    _common(m)
+    m.set_defaults(func=_megaface)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    p.add_argument("--num-workers", type=int, default=2, help="image decoding workers")
+    add_debug_arg(p)
