@@ -81,8 +81,10 @@ class LossConfig:
     m1: float | None = None
     m2: float | None = None
     m3: float | None = None
-    gradient: Literal["exact", "straight_through"] = "exact"
+    gradient: Literal["exact", "straight_through"] = "exact"  # target-logit gradient convention (losses/margin.py)
     sample_rate: float = 1.0  # Partial FC negative sampling; 1.0 = full softmax over this rank's shard
+    overflow: Literal["threshold", "easy", "none"] = "threshold"  # target logit where m1*theta + m2 > pi
+    eps: float = 1e-6  # gradient=exact: cos clamped to [-1+eps, 1-eps] before arccos
 
 
 @dataclass

@@ -62,6 +62,8 @@ def test_presets_and_config():
         margin_params("arcfase")
     m = CombinedMarginLoss.from_config(LossConfig(name="cosface", gradient="straight_through"))
     assert (m.s, m.m1, m.m2, m.m3, m.gradient) == (64.0, 1.0, 0.0, 0.4, "straight_through")
+    m = CombinedMarginLoss.from_config(LossConfig(name="combined", m1=1.0, m2=0.3, m3=0.1, overflow="easy", eps=0.0))
+    assert (m.m2, m.m3, m.overflow, m.eps) == (0.3, 0.1, "easy", 0.0)
     with pytest.raises(ValueError, match="gradient must be"):
         CombinedMarginLoss(gradient="approx")  # type: ignore[arg-type]
 

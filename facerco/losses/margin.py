@@ -98,8 +98,7 @@ class CombinedMarginLoss(nn.Module):
     def from_config(cls, cfg: Any) -> CombinedMarginLoss:
         """Build from a :class:`facerco.config.LossConfig` (preset ``name`` filled in by unset m1/m2/m3)."""
         m1, m2, m3 = margin_params(cfg.name, cfg.m1, cfg.m2, cfg.m3)
-        return cls(s=cfg.s, m1=m1, m2=m2, m3=m3, gradient=cfg.gradient,
-                   overflow=getattr(cfg, "overflow", "threshold"), eps=getattr(cfg, "eps", 1e-6))
+        return cls(s=cfg.s, m1=m1, m2=m2, m3=m3, gradient=cfg.gradient, overflow=cfg.overflow, eps=cfg.eps)
 
     @classmethod
     def arcface(cls, s: float = 64.0, m: float = 0.5, **kwargs: Any) -> CombinedMarginLoss:
