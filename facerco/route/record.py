@@ -1,10 +1,11 @@
 """Recording a teacher's route while it trains: an engine callback.
 
 At every route point (every ``route.every_epochs`` epochs, or every ``route.every_steps`` steps, and always at the
-last step) the recorder validates, writes ``route/<name>.safetensors`` (backbone + optional full classifier +
-metadata) atomically, and rewrites ``route.json`` atomically with the file's sha256. The keep policy
-``every_k`` writes only every k-th point (the final point is always written). The engine then writes ``last.pt``,
-so a resumed run regenerates any point that was written after the last resume checkpoint, byte for byte.
+last step) the recorder takes the validation metrics when validation is due there (``train.val_every_epochs``, and
+always at the last step; otherwise the point's ``val`` is empty), writes ``route/<name>.safetensors`` (backbone +
+optional full classifier + metadata) atomically, and rewrites ``route.json`` atomically with the file's sha256.
+The keep policy ``every_k`` writes only every k-th point (the final point is always written). The engine then
+writes ``last.pt``, so a resumed run regenerates any point written after the last resume checkpoint, byte for byte.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class RouteRecorder(Callback):
         self.loss_count += 1
         if step not in self._written:
             return
-        val = engine.validate()
+        val = engine.validate() if engine.validation_due(step) else {}
         written = self._written[step]
         classifier = None
         if written and self.cfg.save_classifier and self.classifier_fn is not None:

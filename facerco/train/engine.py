@@ -304,6 +304,15 @@ class Engine:
         self._val_step = self.step
         return metrics
 
+    def validation_due(self, step: int) -> bool:
+        """Whether the periodic validation runs after ``step`` completed steps (and always at the last step)."""
+        if self.validator is None:
+            return False
+        return (self.val_every_steps > 0 and step % self.val_every_steps == 0) or step in (
+            self.stop_step,
+            self.total_steps,
+        )
+
     def _loader(self, epoch: int, start_batch: int) -> DataLoader:
         self.sampler.set_epoch(epoch, start_batch)
         workers = self.cfg.data.num_workers
@@ -402,9 +411,7 @@ class Engine:
                             {"epoch": self.step / self.steps_per_epoch, "lr": self.lr, "samples_per_s": rate, **parts},
                         )
                         window_t, window_n = time.time(), 0
-                    if self.validator is not None and (
-                        (self.val_every_steps and self.step % self.val_every_steps == 0) or self.step == self.stop_step
-                    ):
+                    if self.validation_due(self.step):
                         logger.log("val", self.step, self.validate())
                     for cb in self.callbacks:
                         cb.on_step_end(self, self.step, parts)

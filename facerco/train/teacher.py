@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from facerco.config import Config, LossConfig, dump_config
+from facerco.config import Config, dump_config
 from facerco.route.record import RouteRecorder
 from facerco.train import distributed as fdist
 from facerco.train.engine import Engine, FitResult, seed_everything
@@ -70,13 +70,11 @@ class TeacherTask(TrainTask):
         return weight.detach().cpu() if isinstance(weight, torch.Tensor) else None
 
 
-def build_margin_head(loss: LossConfig, embedding_size: int, num_classes: int) -> nn.Module:
-    """The Partial-FC head with the configured margin (facerco.losses, area models)."""
-    from facerco.losses.margin import CombinedMarginLoss  # noqa: PLC0415 - optional until that area lands
+def build_margin_head(cfg: Config, embedding_size: int, num_classes: int) -> nn.Module:
+    """The Partial-FC head with the configured margin; class centres seeded from ``train.seed`` (any world size)."""
     from facerco.losses.partial_fc import PartialFC
 
-    margin = CombinedMarginLoss.from_config(loss)
-    return PartialFC(margin, embedding_size=embedding_size, num_classes=num_classes, sample_rate=loss.sample_rate)
+    return PartialFC.from_config(cfg.loss, embedding_size, num_classes, seed=cfg.train.seed)
 
 
 def build_backbone(cfg: Config) -> nn.Module:
@@ -115,7 +113,7 @@ def train_teacher(cfg: Config) -> FitResult:
         dataset = build_train_dataset(cfg)
         backbone = build_backbone(cfg)
         embedding_size = int(backbone.meta.embedding_size)  # type: ignore[union-attr]
-        head = build_margin_head(cfg.loss, embedding_size, int(dataset.num_classes))
+        head = build_margin_head(cfg, embedding_size, int(dataset.num_classes))
         task = TeacherTask(backbone, head)
         meta = backbone.meta  # type: ignore[union-attr]
         recorder = RouteRecorder(

@@ -1,8 +1,8 @@
 """Periodic verification during training: ``.bin`` sets and LFW-style pairs files, through facerco.eval.
 
 Built once per job by :func:`build_validator`; the engine calls the result on rank 0 with the backbone in eval
-mode. Metric keys are ``<set name>/<metric>`` with the scalar metrics of
-``facerco.eval.verification.evaluate_verification`` (flip-fused embeddings, FORMATS §2).
+mode. Metric keys are ``<set name>/<metric>`` with the scalar metrics of ``facerco.eval.verification.verify_bin`` /
+``verify_pairs`` (flip-fused embeddings, FORMATS §2), e.g. ``lfw/accuracy``.
 """
 
 from __future__ import annotations
@@ -34,21 +34,12 @@ def flatten_metrics(prefix: str, result: Mapping[str, Any]) -> dict[str, float]:
 
 def pairs_validator(pairs_txt: str, root: str, batch_size: int, device: str) -> Callable[[nn.Module], dict[str, float]]:
     """Verification on an LFW pairs file (``read_lfw_pairs`` format) with images under ``root``."""
-    from facerco.data.pairs import read_lfw_pairs
-    from facerco.eval.features import extract_embeddings
-    from facerco.eval.verification import evaluate_verification
+    from facerco.eval.verification import verify_pairs
 
-    pairs = read_lfw_pairs(pairs_txt, root)
-    unique = sorted({str(p) for a, b, _ in pairs for p in (a, b)})
-    index = {p: i for i, p in enumerate(unique)}
-    i1 = np.array([index[str(a)] for a, _, _ in pairs])
-    i2 = np.array([index[str(b)] for _, b, _ in pairs])
-    issame = np.array([s for _, _, s in pairs], dtype=bool)
     name = Path(pairs_txt).stem
 
     def run(model: nn.Module) -> dict[str, float]:
-        emb = extract_embeddings(model, unique, batch_size=batch_size, device=device, flip=True).emb
-        return flatten_metrics(name, evaluate_verification(emb[i1], emb[i2], issame))
+        return flatten_metrics(name, verify_pairs(model, pairs_txt, root, batch_size=batch_size, device=device))
 
     return run
 
