@@ -45,6 +45,8 @@ class Nuisance:
     blur: float = 1.1  # max Gaussian sigma (pixels at 112)
     noise: float = 7.0  # max noise sigma (grey levels)
     occlusion: float = 0.15  # probability of an occluder over part of the face
+    hat: float = 0.08  # probability of a hat hiding the hair and forehead
+    gray: float = 0.08  # probability of a greyscale image
     glasses: float = 1.0  # multiplies the identity's probability of wearing its glasses
     jpeg_min: int = 40  # JPEG quality range used when the image is written
     jpeg_max: int = 95
@@ -54,7 +56,7 @@ class Nuisance:
         keep = {"jpeg_min", "jpeg_max", "glasses"}
         vals = {f.name: (getattr(self, f.name) if f.name in keep else getattr(self, f.name) * k)
                 for f in dataclasses.fields(self)}
-        for name in ("smile", "mouth_open", "eye_closure", "blur_prob", "occlusion"):
+        for name in ("smile", "mouth_open", "eye_closure", "blur_prob", "occlusion", "hat", "gray"):
             vals[name] = min(1.0, vals[name])
         return Nuisance(**vals)
 
@@ -88,6 +90,8 @@ class ImageParams:
     noise_x: int = 0
     noise_y: int = 0
     occluder: tuple[float, ...] = ()  # (kind, cx, cy, rx, ry, angle, r, g, b) in template units, or empty
+    hat: tuple[float, ...] = ()  # (r, g, b, brim height above the eyes) or empty
+    gray: bool = False
     shirt: tuple[float, float, float] = (90.0, 90.0, 110.0)
     background: tuple[int, ...] = (128,) * 12  # 2x2 RGB corner colours of the aligned-mode background
     jpeg_quality: int = 95
@@ -95,7 +99,7 @@ class ImageParams:
 
 def draw_image_params(rng: np.random.Generator, nz: Nuisance, ident: Identity) -> ImageParams:
     """Draw one image's nuisance values (one vector of uniforms keeps this cheap and order-independent)."""
-    u = rng.random(40).tolist()
+    u = rng.random(48).tolist()
     deg = math.pi / 180.0
     level = 1.0 + (2.0 * u[17] - 1.0) * nz.brightness
 
@@ -120,6 +124,8 @@ def draw_image_params(rng: np.random.Generator, nz: Nuisance, ident: Identity) -
         noise=u[33] * nz.noise, noise_x=int(u[34] * 128), noise_y=int(u[35] * 128),
         occluder=occ, shirt=(255 * u[36], 255 * u[37], 255 * u[38]), background=bg,
         jpeg_quality=int(round(nz.jpeg_min + u[39] * (nz.jpeg_max - nz.jpeg_min))),
+        hat=(255 * u[41], 255 * u[42], 255 * u[43], 12.0 + 8.0 * u[44]) if u[40] < nz.hat else (),
+        gray=u[45] < nz.gray,
     )
 
 
@@ -284,6 +290,21 @@ def _shirt(ident: Identity, ip: ImageParams) -> tuple[np.ndarray, np.ndarray, li
     return pts, np.full(6, -ident.params["head_a"] * 0.5), [(6, ip.shirt, 0.0, True)]
 
 
+def _hat(ident: Identity, hat: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, list]:
+    """A crown over the head plus a brim just above the brows (hides hair, hairline and forehead)."""
+    p = ident.params
+    r, g, b, rise = hat
+    brim = TEMPLATE_112[0, 1] - rise
+    a = p["head_a"]
+    t = np.linspace(math.pi, 2 * math.pi, 13)
+    crown = np.stack([FACE_CENTRE + 1.08 * a * np.cos(t), brim + (brim - p["face_top"] + 10) * np.sin(t)], 1)
+    band = np.array([[FACE_CENTRE - 1.2 * a, brim - 4], [FACE_CENTRE + 1.2 * a, brim - 4],
+                     [FACE_CENTRE + 1.2 * a, brim + 1.5], [FACE_CENTRE - 1.2 * a, brim + 1.5]])
+    z = np.full(len(crown) + 4, p["head_d"] * 0.4)
+    dark = (0.8 * r, 0.8 * g, 0.8 * b)
+    return np.concatenate([crown, band]), z, [(len(crown), (r, g, b), 0.0, True), (4, dark, 0.0, True)]
+
+
 def draw_face(img: np.ndarray, ident: Identity, ip: ImageParams, place: np.ndarray,
               stroke_scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Draw ``ident`` into ``img`` (uint8 HxWx3, in place) with template->image matrix ``place`` (3x3).
@@ -301,6 +322,11 @@ def draw_face(img: np.ndarray, ident: Identity, ip: ImageParams, place: np.ndarr
     blocks = [shirt_pts, pack.back_pts, mouth_pts, eye_pts, pack.front_pts]
     depths = [shirt_z, pack.back_z, np.full(len(mouth_pts), mouth_z), np.full(len(eye_pts), eye_z), pack.front_z]
     ops = shirt_ops + pack.back_ops + mouth_ops + eye_ops + pack.front_ops
+    if ip.hat:
+        hat_pts, hat_z, hat_ops = _hat(ident, ip.hat)
+        blocks.append(hat_pts)
+        depths.append(hat_z)
+        ops = ops + hat_ops
     if ip.glasses:
         blocks.append(pack.glasses_pts)
         depths.append(pack.glasses_z)
@@ -377,4 +403,7 @@ def finish_pixels(img: np.ndarray, ip: ImageParams, blur_scale: float = 1.0) -> 
         else:
             f += ip.noise * np.resize(bank, (h, w, 3))
     np.clip(f, 0.0, 255.0, out=f)
-    return f.astype(np.uint8)
+    out = f.astype(np.uint8)
+    if ip.gray:
+        out = cv2.cvtColor(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    return out
