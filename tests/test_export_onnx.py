@@ -116,7 +116,8 @@ def test_legacy_exporter_also_dynamic(tiny: nn.Module, tmp_path: Path) -> None:
 
 
 def test_simplify_keeps_dynamic_batch(tiny: nn.Module, tmp_path: Path) -> None:
-    info = fx.export_onnx(tiny, tmp_path / "simp.onnx", simplify=True)
+    """onnxsim on the legacy exporter's graph (the CLI test covers dynamo + simplify)."""
+    info = fx.export_onnx(tiny, tmp_path / "simp.onnx", simplify=True, exporter="legacy")
     model = onnx.load(info.path)
     assert fx.is_batch_dynamic(model) and info.simplified
     x = fx.normalize_batch(fx.generated_images(5, (112, 112)))
@@ -292,3 +293,41 @@ def test_parity_on_real_photos(real_export, real_data: Path) -> None:
     images, names = fx.load_check_images(real_data / "lfw_deepfunneled", (112, 112), limit=8)
     report = fx.check_parity(model, info.path, images, names, batch_sizes=(1,), repeats=1)
     assert report["num_images"] == 8 and report["summary"]["min_cosine"] >= 0.9999
+
+
+def test_cli_export_onnx_from_checkpoint_with_classifier(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Checkpoint (backbone + classifier) -> ONNX with only the embedding, parity report beside the model."""
+    from facerco.cli import main
+    from facerco.models import create_model
+    from facerco.models.checkpoint import save_model_checkpoint
+    from facerco.utils.io import read_json
+
+    model = _trained_like(create_model("iresnet_tiny"))
+    ckpt = save_model_checkpoint(tmp_path / "student.safetensors", model, classifier=torch.randn(10, 128))
+    out = tmp_path / "deploy" / "student.onnx"
+    rc = main(["export", "onnx", str(ckpt), "-o", str(out), "--check", "generated", "--check-limit", "3",
+               "--repeats", "1", "--simplify"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "generated/0002" in printed and "min cosine" in printed
+    graph = onnx.load(out)
+    assert len(graph.graph.output) == 1 and graph.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 128
+    report = read_json(tmp_path / "deploy" / "student.parity.json")
+    assert report["passed"] and report["num_images"] == 3 and set(report["latency"]) == {"1", "64"}
+    assert report["export"]["sha256"] == report["onnx_sha256"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["student.onnx", "student.parity.json"]
+
+
+def test_cli_export_insightface_pth_with_arch(tmp_path: Path) -> None:
+    from facerco.cli import main
+    from facerco.models import create_model
+
+    model = _trained_like(create_model("iresnet_tiny"))
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "backbone.pth")
+    out = tmp_path / "r.onnx"
+    assert main(["export", "onnx", str(tmp_path / "backbone.pth"), "--arch", "iresnet_tiny", "-o", str(out),
+                 "--no-check", "--exporter", "legacy"]) == 0
+    x = fx.normalize_batch(fx.generated_images(2, (112, 112)))
+    got = fx.ort_session(out, threads=1).run(None, {"data": x})[0]
+    assert _cosine(_torch_emb(model, x), got).min() >= 0.9999
+    assert main(["export", "onnx", str(tmp_path / "missing.safetensors"), "-o", str(out)]) == 1
