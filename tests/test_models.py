@@ -104,8 +104,7 @@ def test_forward_backward(name):
         if p.requires_grad:
             assert p.grad is not None and torch.isfinite(p.grad).all(), pname
             assert p.grad.abs().sum() > 0, f"{name}: zero gradient on {pname}"
-    model.eval()
-    with torch.no_grad():
+    with torch.no_grad():  # train mode: batch statistics, so both paths see identical normalisation
         feat = model.forward_features(x)
         assert torch.equal(model.forward_head(feat), model(x))
         assert model.forward_head(feat, pre_logits=True).shape[0] == 2
@@ -412,3 +411,25 @@ def test_model_info_command(capsys):
     assert "mobilefacenet" in out and "221M" in out and " 256" in out
     assert main(["model-info", "mbf_0.8"]) == 1
     assert "did you mean 'mbf_0.8m'" in capsys.readouterr().err
+
+
+def test_clean_state_dict_strips_wrapper_prefixes():
+    from facerco.models.checkpoint import clean_state_dict
+
+    t = torch.zeros(1)
+    assert list(clean_state_dict({"module._orig_mod.fc.weight": t, "_orig_mod.module.a": t, "b.module.c": t})) == [
+        "fc.weight", "a", "b.module.c"]
+
+
+def test_checkpoint_takes_the_partial_fc_head_as_classifier(tmp_path):
+    from facerco.losses.margin import CombinedMarginLoss
+    from facerco.losses.partial_fc import PartialFC
+
+    model = create_model("iresnet_tiny")
+    head = PartialFC(CombinedMarginLoss.arcface(), embedding_size=128, num_classes=7)
+    path = save_model_checkpoint(tmp_path / "t.safetensors", model, head, {"step": 5})
+    loaded = load_model(path)
+    assert torch.equal(loaded.classifier, head.weight.detach())
+    fresh = PartialFC(CombinedMarginLoss.arcface(), embedding_size=128, num_classes=7, seed=9)
+    fresh.load_full_weight(loaded.classifier)
+    assert torch.equal(fresh.weight, head.weight)
