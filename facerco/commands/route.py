@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from facerco.commands._common import add_debug_arg
+from facerco.commands.distill import register_route_plan
 
 __all__ = ["ACTIONS", "register"]
 
@@ -41,7 +42,7 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(func=_show)
 
 
-ACTIONS: list[Callable[[argparse._SubParsersAction], None]] = [_add_show]
+ACTIONS: list[Callable[[argparse._SubParsersAction], None]] = [_add_show, register_route_plan]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -11,11 +11,10 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MimicLoss", "KDLoss", "HintLoss", "FeatureHooks", "find_module", "distributed_log_softmax"]
+__all__ = ["MimicLoss", "KDLoss", "HintLoss", "FeatureHooks", "find_module"]
 
 
 class MimicLoss(nn.Module):
@@ -60,39 +59,6 @@ class MimicLoss(nn.Module):
         return (1.0 - (s * t).sum(dim=1)).mean()
 
 
-def distributed_log_softmax(logits: torch.Tensor, sharded: bool) -> torch.Tensor:
-    """log-softmax over the class axis; with ``sharded`` the classes are split over ranks (Partial FC).
-
-    The max and the sum of exponentials are all-reduced so every rank gets the log-probabilities of its own
-    columns under the softmax over all classes.
-    """
-    if not (sharded and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return F.log_softmax(logits, dim=1)
-    with torch.no_grad():
-        row_max = logits.max(dim=1, keepdim=True).values
-        dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
-    shifted = logits - row_max
-    sum_exp = shifted.exp().sum(dim=1, keepdim=True)
-    sum_exp = _AllReduceSum.apply(sum_exp)
-    return shifted - sum_exp.log()
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks whose backward is the identity per rank (the gradient of a sum reaches every term)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        out = x.clone()
-        dist.all_reduce(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        out = grad.clone()
-        dist.all_reduce(out)
-        return out
-
-
 class KDLoss(nn.Module):
     """Logit distillation with a temperature (Hinton et al., "Distilling the Knowledge in a Neural Network", 2015).
 
@@ -100,21 +66,19 @@ class KDLoss(nn.Module):
     comparable across temperatures. In the face setting the teacher logits come from the anchor's own classifier
     (``s * cos`` without margin) and the student logits from the student's classifier on the same classes.
 
-    Partial FC: when ``sharded`` is true and a process group is running, each rank passes the logits of its own
-    class shard (same shard for student and teacher); softmax normalisers are all-reduced and the KL terms summed
-    over ranks, so the value equals the single-process loss over all classes.
+    Partial FC: pass the student logits of ``PartialFC.logits(embeddings)``, which all-gathers the class centres
+    so each rank scores its own samples against every class (gradients flow back to every shard); the teacher
+    logits come from the anchor checkpoint's full classifier.
 
     Args:
         temperature: softening temperature T > 0.
-        sharded: logits are a column shard of a classifier split over ranks.
     """
 
-    def __init__(self, temperature: float = 4.0, sharded: bool = False) -> None:
+    def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"KDLoss: temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
-        self.sharded = sharded
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         if student_logits.shape != teacher_logits.shape:
@@ -123,13 +87,9 @@ class KDLoss(nn.Module):
                 f"{tuple(teacher_logits.shape)} differ (same classes, same shard needed)"
             )
         t = self.temperature
-        log_p_s = distributed_log_softmax(student_logits.float() / t, self.sharded)
-        with torch.no_grad():
-            log_p_t = distributed_log_softmax(teacher_logits.float().detach() / t, self.sharded)
-        per_row = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
-        if self.sharded and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            per_row = _AllReduceSum.apply(per_row)
-        return per_row.mean() * t * t
+        log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
+        log_p_t = F.log_softmax(teacher_logits.float().detach() / t, dim=1)
+        return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1).mean() * t * t
 
 
 class HintLoss(nn.Module):

@@ -1,0 +1,86 @@
+"""`facerco cache RUN DATASET`: precompute anchor embeddings of every training image (plain and flipped).
+
+The student then reads targets from the cache (``distill.cache=DIR``) instead of running the teacher. The cache is
+fp16, memory-mapped, sharded, resumable (rerun the same command) and checksummed; see :mod:`facerco.route.cache`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from facerco.commands._common import add_debug_arg
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from facerco.data.datasets import open_dataset
+    from facerco.data.transforms import EvalTransform
+    from facerco.route.anchors import route_points
+    from facerco.route.cache import build_cache
+    from facerco.route.io import load_route
+    from facerco.utils.device import resolve_device
+
+    route = load_route(args.run)
+    points = route_points(route)
+    image_size = args.image_size
+    if image_size is None:
+        from facerco.models.checkpoint import read_checkpoint_metadata
+
+        image_size = int(read_checkpoint_metadata(route.path(points[-1].name)).get("input_size", [112])[0])
+    if args.config:
+        from facerco.config import load_config
+        from facerco.train.student import prepare_plan
+
+        cfg = load_config(args.config, args.overrides)
+        image_size = cfg.data.image_size if args.image_size is None else image_size
+        dataset_for_plan = open_dataset(args.dataset, args.format, EvalTransform(image_size))
+        _, _, stage_plan = prepare_plan(cfg, route, dataset_for_plan)
+        names = list(dict.fromkeys(stage_plan.anchors + [points[-1].name]))
+    elif args.anchors:
+        names = [n.strip() for n in args.anchors.split(",") if n.strip()]
+        names = [points[-1].name if n == "final" else n for n in names]
+    else:
+        names = [p.name for p in points]
+    by_name = {p.name: p for p in route.points}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"{args.run}: no route points {unknown}; points: {', '.join(by_name)}")
+    device = resolve_device(args.device)
+
+    def loader(name: str):
+        return lambda: route.load_point(name, verify=True, device=str(device)).model
+
+    anchors = {n: (loader(n), by_name[n].sha256) for n in names}
+    dataset = open_dataset(args.dataset, args.format, EvalTransform(image_size))
+    out = Path(args.out) if args.out else Path(args.run) / "cache"
+    manifest = build_cache(out, anchors, dataset, shard_size=args.shard_size, batch_size=args.batch_size,
+                           device=device, num_workers=args.workers,
+                           meta={"teacher_run": str(args.run), "dataset": str(args.dataset),
+                                 "image_size": image_size}, progress=not args.no_progress)
+    print(f"cache: {len(names)} anchor(s) x {len(dataset)} images (plain + flip, fp16) -> {manifest}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "cache", help="precompute anchor embeddings of a training set (fp16, memory-mapped, resumable)",
+        description="Embed every image of DATASET (and its horizontal flip) with route points of the teacher RUN. "
+                    "Anchors: --anchors a,b,final; or the plan of a student --config; default every route point.")
+    parser.add_argument("run", help="teacher run directory (holds route.json)")
+    parser.add_argument("dataset", help="training set: a .rec directory or an identity folder")
+    parser.add_argument("--format", choices=["rec", "folder", "auto"], default="auto",
+                        help="dataset reader (auto: rec when train.rec exists, else folder)")
+    parser.add_argument("--out", default="", help="cache directory (default RUN/cache)")
+    parser.add_argument("--anchors", default="", help="comma-separated route point names ('final' allowed)")
+    parser.add_argument("--config", default="", help="student config whose anchor plan selects the points")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides for --config")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="network input side (default: the student config's, else the teacher's)")
+    parser.add_argument("--shard-size", type=int, default=65536, help="images per shard file")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=2, help="data-loader workers")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_arg(parser)
+    parser.set_defaults(func=_cache)

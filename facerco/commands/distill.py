@@ -1,0 +1,119 @@
+"""`facerco distill CONFIG [overrides]`: train an RCO student (or a baseline) from a teacher route.
+
+Thin CLI over :func:`facerco.train.student.run_distill`; heavy imports happen inside the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from facerco.commands._common import add_config_args
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from facerco.config import load_config
+    from facerco.train.student import build_validator, run_distill
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.kind != "student":
+        raise ValueError(f"{args.config}: kind is {cfg.kind!r}; `facerco distill` takes a student config "
+                         "(kind: student)")
+    from facerco.utils.device import resolve_device
+
+    result = run_distill(cfg, validator=build_validator(cfg, str(resolve_device(cfg.train.device))))
+    val = "  ".join(f"{k} {v:.4f}" for k, v in result.val.items())
+    print(f"student: {result.student_path}  steps {result.step}  {result.seconds:.1f}s  {val}".rstrip())
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "distill", help="train a student by RCO from a teacher route",
+        description="Train a student that follows anchors chosen from a teacher's route (distill section of the "
+                    "config: strategy eeis/gss/manual/final/best, one- or multi-stage schedule, mimic/KD/hint "
+                    "weights, optional anchor-feature cache). Resumes from last.pt in train.output.")
+    add_config_args(parser)
+    parser.set_defaults(func=_distill)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# `facerco route plan RUN`: registered by facerco/commands/route.py through register_route_plan()
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _plan_overrides(args: argparse.Namespace) -> list[str]:
+    out = [f"distill.teacher_run={args.run}"]
+    if args.strategy:
+        out.append(f"distill.strategy={args.strategy}")
+    for flag, key in (("num_anchors", "num_anchors"), ("every", "eeis_every"), ("delta", "gss_delta"),
+                      ("delta_mode", "gss_delta_mode"), ("probe_images", "gss_probe_images"), ("seed", "gss_seed"),
+                      ("divergence", "gss_divergence"), ("schedule", "schedule"), ("final_share", "final_share")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.append(f"distill.{key}={value}")
+    if args.anchors:
+        names = ", ".join(n.strip() for n in args.anchors.split(",") if n.strip())
+        out.append(f"distill.anchors=[{names}]")
+    return out
+
+
+def _route_plan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from facerco.config import load_config
+    from facerco.route.anchors import format_plan
+    from facerco.route.io import load_route
+    from facerco.route.plan import format_stages
+    from facerco.train.student import open_train_dataset, prepare_plan, write_plan
+
+    run = Path(args.run)
+    route = load_route(run)
+    if args.config:
+        cfg = load_config(args.config, [*args.overrides, *_plan_overrides(args)])
+    else:
+        # no student config: the teacher's data and batch settings, defaults elsewhere
+        teacher = run / "config.yaml"
+        base = load_config(teacher if teacher.is_file() else None)
+        data = [f"data.train={base.data.train}", f"data.format={base.data.format}",
+                f"data.image_size={base.data.image_size}", f"train.batch_size={base.train.batch_size}",
+                f"train.epochs={base.train.epochs}", "kind=student"]
+        cfg = load_config(None, [*data, *args.overrides, *_plan_overrides(args)])
+    if args.dataset:
+        from dataclasses import replace
+
+        cfg = replace(cfg, data=replace(cfg.data, train=args.dataset))
+    dataset = open_train_dataset(cfg)
+    spe, anchor_plan, stage_plan = prepare_plan(cfg, route, dataset)
+    print(format_plan(anchor_plan))
+    print(format_stages(stage_plan, spe))
+    if args.json:
+        write_plan(Path(args.json), anchor_plan, stage_plan)
+    return 0
+
+
+def register_route_plan(route_subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``plan`` action to ``facerco route`` (called by facerco/commands/route.py)."""
+    from facerco.commands._common import add_debug_arg
+
+    p = route_subparsers.add_parser(
+        "plan", help="print the anchors (and GSS divergences) and stages a student would use",
+        description="Choose anchors from the route of RUN exactly as `facerco distill` will (same function, same "
+                    "seed), print them with the divergences that decided them and the stage plan.")
+    p.add_argument("run", help="teacher run directory (holds route.json)")
+    p.add_argument("--config", default="", help="student config (its distill section, data and budget)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides for the config")
+    p.add_argument("--strategy", choices=["final", "best", "eeis", "gss", "manual"], default=None)
+    p.add_argument("--num-anchors", dest="num_anchors", type=int, default=None, help="EEIS: n evenly spaced")
+    p.add_argument("--every", type=int, default=None, help="EEIS: every k-th route point")
+    p.add_argument("--anchors", default="", help="manual: comma-separated route point names")
+    p.add_argument("--delta", type=float, default=None, help="GSS threshold")
+    p.add_argument("--delta-mode", dest="delta_mode", choices=["absolute", "relative"], default=None)
+    p.add_argument("--divergence", choices=["auto", "kl", "l2", "cosine", "relational"], default=None)
+    p.add_argument("--probe-images", dest="probe_images", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="GSS probe-set seed")
+    p.add_argument("--schedule", choices=["one_stage", "multi_stage"], default=None)
+    p.add_argument("--final-share", dest="final_share", type=float, default=None)
+    p.add_argument("--dataset", default="", help="training set for the GSS probe (default: the config's)")
+    p.add_argument("--json", default="", help="also write the plan as JSON here")
+    add_debug_arg(p)
+    p.set_defaults(func=_route_plan)
