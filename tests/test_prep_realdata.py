@@ -76,3 +76,42 @@ def test_dlib_five_point_calibration_holds_on_fresh_lfw_faces(real_data):
         pairs.append((pts[0], pts[1]))
     assert len(pairs) >= 35
     assert np.abs(calibrate_five_point(pairs) - FIVE_POINT_CANONICAL).max() < 1.0
+
+
+def _check_bin(path: Path, pairs: int, per_set: int) -> None:
+    from facerco.data.bins import read_bin
+    from facerco.data.transforms import decode_image
+
+    images, issame = read_bin(path)
+    assert len(images) == 2 * pairs and issame.shape == (pairs,)
+    expected = np.tile(np.r_[np.ones(per_set, bool), np.zeros(per_set, bool)], pairs // (2 * per_set))
+    np.testing.assert_array_equal(issame, expected)
+    assert {decode_image(b).shape for b in images[:: max(1, len(images) // 50)]} == {(112, 112, 3)}
+
+
+@needs_dlib
+def test_lfw_recipe_builds_a_bin_facerco_reads(real_data, tmp_path):
+    """Three folds' worth (10 matched + 10 mismatched pairs of each of the first 3 folds) through the recipe."""
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "data_prep" / "lfw_to_bin.py"
+    lfw = real_data / "lfw_deepfunneled"
+    mod = runpy.run_path(str(script))
+    assert mod["main"]([str(lfw), str(tmp_path), "--folds", "3", "--per-set", "10", "--workers", "1"]) == 0
+    _check_bin(tmp_path / "lfw.bin", 60, 10)
+    report = (tmp_path / "lfw_bin_report.json").read_text()
+    assert '"pairs": 60' in report
+
+
+@pytest.mark.slow
+@needs_dlib
+def test_lfw_recipe_full_view2(real_data, tmp_path):
+    from facerco.prep.detectors import DetectorSpec
+    from facerco.prep.lfw import build_lfw_bin
+
+    lfw = real_data / "lfw_deepfunneled"
+    summary = build_lfw_bin(
+        lfw, lfw / "pairs.txt", tmp_path, DetectorSpec("dlib", {"upsample": 1}), workers=2, progress=False
+    )
+    assert summary["pairs"] == 6000 and len(summary["fallback"]) < 0.01 * summary["images"]
+    _check_bin(tmp_path / "lfw.bin", 6000, 300)

@@ -4,7 +4,10 @@ The warp is the one every ArcFace-family model was trained on (FORMATS.md sectio
 (rotation, uniform scale, translation; Umeyama 1991) from the five detected points to the template, then a bilinear
 ``cv2.warpAffine`` with a black border. A tree job mirrors ``SRC`` into ``DST``, runs in worker processes, can be
 killed and restarted (finished files are skipped), never writes under ``SRC``, and appends one row per input file
-to ``DST/align_report.csv``: ``file, faces_found, chosen_score, failure_reason, outputs``.
+to ``DST/align_report.csv``: ``file, faces_found, chosen_score, failure_reason, outputs`` (``;``-separated crop
+paths) and ``landmarks`` (the chosen face's ten coordinates, space-separated, so a crop can be redone at another
+size without detecting again). ``faces_found`` is -1 for a crop found on disk without a row (job killed between
+the two writes).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ ARCFACE_TEMPLATE_112 = np.array(
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
 _WRITABLE = (".jpg", ".jpeg", ".png", ".bmp")
 REPORT_NAME = "align_report.csv"
-REPORT_COLUMNS = ["file", "faces_found", "chosen_score", "failure_reason", "outputs"]
+REPORT_COLUMNS = ["file", "faces_found", "chosen_score", "failure_reason", "outputs", "landmarks"]
 
 
 def arcface_template(size: int = 112) -> np.ndarray:
@@ -208,7 +211,7 @@ def read_report(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
         if reader.fieldnames != REPORT_COLUMNS:
             raise ValueError(f"{p}: not an align report (header {reader.fieldnames}, expected {REPORT_COLUMNS})")
         for row in reader:
-            if row.get("outputs") is None:  # torn line
+            if row.get("landmarks") is None:  # torn line
                 continue
             rows[row["file"]] = row
     return rows
@@ -241,16 +244,17 @@ def _process(rel: str) -> list[str]:
     try:
         image = read_image(Path(job.src) / rel)
     except (ValueError, OSError) as exc:
-        return [rel, "0", "", f"unreadable: {exc}", ""]
+        return [rel, "0", "", f"unreadable: {exc}", "", ""]
     try:
         res = align_image(image, detector, key=rel, size=job.size, policy=job.policy)
         names = _output_names(rel, len(res.crops), job.fmt, job.policy)
         for name, crop in zip(names, res.crops):
             write_image(Path(job.dst) / name, crop, job.quality)
     except (ValueError, RuntimeError, OSError, cv2.error) as exc:
-        return [rel, "0", "", f"error: {type(exc).__name__}: {exc}".replace("\n", " "), ""]
+        return [rel, "0", "", f"error: {type(exc).__name__}: {exc}".replace("\n", " "), "", ""]
     score = "" if res.chosen_score is None else f"{res.chosen_score:.4f}"
-    return [rel, str(res.faces_found), score, res.failure_reason, ";".join(names if res.crops else [])]
+    lmk = " ".join(f"{v:.2f}" for v in res.faces[0].landmarks.reshape(-1)) if res.faces else ""
+    return [rel, str(res.faces_found), score, res.failure_reason, ";".join(names if res.crops else []), lmk]
 
 
 def _run(todo: list[str], job: _Job, workers: int) -> Iterator[list[str]]:
@@ -321,7 +325,7 @@ def align_tree(
         outs = _output_names(rel, 1, fmt, policy)
         if policy != "all" and (dst / outs[0]).is_file():
             done[rel] = {}  # finished before the report row was written: keep it, note it
-            _append_rows(report_path, [[rel, "-1", "", "", outs[0]]])
+            _append_rows(report_path, [[rel, "-1", "", "", outs[0], ""]])
             continue
         todo.append(rel)
     counts = {"total": len(all_files), "skipped": len(all_files) - len(todo), "aligned": 0, "failed": 0}
