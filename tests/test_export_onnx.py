@@ -84,6 +84,7 @@ def test_contract_single_input_output_and_dynamic_batch(tiny_onnx: fx.OnnxExport
     assert not out_dims[0].HasField("dim_value") and out_dims[1].dim_value == 32
     assert fx.is_batch_dynamic(model)
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert "PRelu" in {n.op_type for n in model.graph.node}
     props = {p.key: p.value for p in model.metadata_props}
     assert props["facerco.arch"] == "tiny_face" and props["facerco.embedding_size"] == "32"
 
@@ -113,6 +114,16 @@ def test_legacy_exporter_also_dynamic(tiny: nn.Module, tmp_path: Path) -> None:
     x = fx.normalize_batch(fx.generated_images(3, (112, 112)))
     got = fx.ort_session(info.path, threads=1).run(None, {"data": x})[0]
     assert _cosine(_torch_emb(tiny, x), got).min() >= 0.9999
+
+
+def test_train_mode_model_exported_in_eval_mode_and_left_untouched(tmp_path: Path) -> None:
+    model = _trained_like(TinyFace(), seed=2).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    info = fx.export_onnx(model, tmp_path / "m.onnx", exporter="legacy")
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    x = fx.normalize_batch(fx.generated_images(4, (112, 112)))
+    got = fx.ort_session(info.path, threads=1).run(None, {"data": x})[0]
+    assert _cosine(_torch_emb(model.eval(), x), got).min() >= 0.9999  # running stats, not batch stats
 
 
 def test_simplify_keeps_dynamic_batch(tiny: nn.Module, tmp_path: Path) -> None:
