@@ -164,3 +164,18 @@ def test_cli_with_onnx_model(model, folder, reference, tmp_path) -> None:
     got = np.load(tmp_path / "e" / "embeddings.npy")
     assert got.dtype == np.float16
     np.testing.assert_allclose(got.astype(np.float32), reference.emb, atol=2e-3)
+
+
+@pytest.mark.realdata
+def test_real_folder_devkit_and_npy_agree(model, real_data, tmp_path) -> None:
+    """All 400 AT&T photos (92x112 PGM, resized by the extractor): devkit tree and npy hold the same features."""
+    src = real_data / "orl_att_faces"
+    npy = export_embeddings(model, src, tmp_path / "n", shard_size=128, batch_size=100, progress=False)
+    export_embeddings(model, src, tmp_path / "m", fmt="megaface", algo="t", shard_size=128, batch_size=100,
+                      progress=False)
+    assert npy["count"] == 400 and npy["shards"] == 4
+    back = features.load_embeddings(tmp_path / "n" / "embeddings.npy")
+    assert np.bincount(back.labels).tolist() == [10] * 40
+    feats, keys = features.read_devkit_tree(tmp_path / "m", "t", keys=devkit_keys(back.paths, src))
+    assert keys[0].startswith("s1/") and keys[0].endswith(".pgm")
+    np.testing.assert_allclose(feats, back.emb, atol=1e-6)
