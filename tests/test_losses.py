@@ -258,7 +258,7 @@ def test_partial_fc_two_gloo_ranks_match_single_process(tmp_path):
     import torch.multiprocessing as mp
 
     mp.spawn(_dist_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     emb, labels, weight = _global_inputs()
     for gradient, rate in CASES:
         res = [r[(gradient, rate)] for r in ranks]
