@@ -433,3 +433,13 @@ def test_checkpoint_takes_the_partial_fc_head_as_classifier(tmp_path):
     fresh = PartialFC(CombinedMarginLoss.arcface(), embedding_size=128, num_classes=7, seed=9)
     fresh.load_full_weight(loaded.classifier)
     assert torch.equal(fresh.weight, head.weight)
+
+
+def test_model_meta_dict_round_trip():
+    from facerco.models import ModelMeta
+
+    meta = create_model("mbf_0.8m", embedding_size=128).meta
+    data = json.loads(json.dumps(meta.to_dict()))
+    assert ModelMeta.from_dict(data) == meta
+    with pytest.raises(ValueError, match="unknown keys"):
+        ModelMeta.from_dict({**data, "colour": "bgr"})
