@@ -144,6 +144,12 @@ class IResNet(nn.Module):
         return nn.Sequential(*stage)
 
     def _init_weights(self) -> None:
+        """The reference init: conv weights N(0, 0.1), BN scale 1 / shift 0.
+
+        Training-mode BN renormalises every conv, so this scale is harmless for training; but in eval mode with
+        the initial running statistics (0, 1) deep variants blow up (r50 ~1e24, r100 inf/NaN) until a few hundred
+        training steps have updated the statistics. Evaluate trained weights only.
+        """
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0.0, 0.1)
