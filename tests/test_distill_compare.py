@@ -1,0 +1,104 @@
+"""`facerco compare`: every built-in variant runs on a tiny route and lands in one table (markdown + JSON)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_distill_support import student_cfg, train_teacher, write_faces
+
+from facerco.config import dump_config
+from facerco.train.compare import VARIANTS, builtin_variants, file_variants, format_table, run_compare
+from facerco.train.student import open_train_dataset
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cmp")
+    faces = write_faces(root / "faces")
+    run = train_teacher(faces, root / "teacher")
+    manifest = json.loads((run / "route.json").read_text())  # val metrics as a validator would record them
+    for point, acc in zip(manifest["points"], [0.5, 0.8, 0.7, 0.9], strict=True):
+        point["val"] = {"acc": acc}
+    (run / "route.json").write_text(json.dumps(manifest))
+    cfg = student_cfg(faces, run, root / "unused", num_anchors=2, gss_probe_images=24)
+    cfg.train.epochs = 1.0
+    path = root / "student.yaml"
+    path.write_text(dump_config(cfg))
+    return root, path
+
+
+def _nn_validator(cfg):
+    """Leave-one-out nearest-neighbour identity accuracy on 24 training images: a cheap, real metric."""
+    ds = open_train_dataset(cfg)
+    idx = list(range(0, len(ds), 2))
+    images = torch.stack([ds[i][0] for i in idx])
+    labels = torch.tensor([ds[i][1] for i in idx])
+
+    def run(backbone):
+        emb = F.normalize(backbone(images), dim=1)
+        sim = emb @ emb.T - 2 * torch.eye(len(idx))
+        return {"nn/acc": (labels[sim.argmax(1)] == labels).float().mean().item()}
+
+    return run
+
+
+def test_cli_variant_names_match_library():
+    from facerco.commands.compare import _BUILTIN
+
+    assert tuple(VARIANTS) == _BUILTIN
+
+
+def test_compare_all_variants_table(setup):
+    root, path = setup
+    variants = builtin_variants(path)
+    assert [v.name for v in variants] == list(VARIANTS)
+    assert variants[0].cfg.distill.mimic_weight == 0 and variants[4].cfg.distill.schedule == "multi_stage"
+    table = run_compare(variants, [0], root / "out", validator_factory=_nn_validator)
+    rows = {r["variant"]: r for r in table["rows"]}
+    assert set(rows) == set(VARIANTS) and table["primary_metric"] == "nn/acc"
+    assert rows["scratch"]["anchors"] == [] and rows["mimic_final"]["anchors"] == ["epoch_004"]
+    assert rows["mimic_best"]["anchors"] == ["epoch_002"]  # best intermediate by the route's val metric
+    assert rows["rco_eeis_one"]["anchors"] == ["epoch_002", "epoch_004"]
+    assert rows["mimic_final"]["delta_vs_mimic_final"] == (0.0, 0.0)
+    for r in rows.values():
+        assert 0.0 <= r["nn/acc"][0] <= 1.0 and r["congruence_final"][0] >= 0.0
+    md = (root / "out" / "compare.md").read_text()
+    assert md == format_table(table) and md.count("\n| ") == len(VARIANTS) + 1
+    data = json.loads((root / "out" / "compare.json").read_text())
+    assert len(data["runs"]) == len(VARIANTS)
+
+
+def test_compare_seeds_mean_std_and_reuse(setup):
+    root, path = setup
+    variants = builtin_variants(path, names=["scratch", "mimic_final"])
+    calls = []
+
+    def counting(cfg, validator=None):
+        from facerco.train.student import run_distill
+
+        calls.append((cfg.train.output, cfg.train.seed))
+        return run_distill(cfg, validator=validator)
+
+    run_compare(variants, [0], root / "seeds", runner=counting, validator_factory=_nn_validator)
+    table = run_compare(variants, [0, 1], root / "seeds", runner=counting, validator_factory=_nn_validator)
+    assert sorted(s for _, s in calls) == [0, 0, 1, 1]  # seed 0 runs are reused by the second call
+    row = next(r for r in table["rows"] if r["variant"] == "scratch")
+    accs = [r["val"]["nn/acc"] for r in table["runs"] if r["variant"] == "scratch"]
+    assert row["n"] == 2 and row["nn/acc"][0] == pytest.approx(sum(accs) / 2)
+
+
+def test_file_variants_and_budget_check(setup, tmp_path):
+    root, path = setup
+    text = path.read_text()
+    a = tmp_path / "lfw_cpu_scratch.yaml"
+    b = tmp_path / "lfw_cpu_rco_eeis.yaml"
+    a.write_text(text)
+    b.write_text(text)
+    names = [v.name for v in file_variants([a, b])]
+    assert names == ["scratch", "rco_eeis"]
+    bad = builtin_variants(path, names=["scratch"]) + builtin_variants(path, ["train.epochs=2"], ["mimic_final"])
+    with pytest.raises(ValueError, match="same budget"):
+        run_compare(bad, [0], tmp_path / "x", validator_factory=_nn_validator)
