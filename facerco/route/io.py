@@ -212,7 +212,8 @@ def plot_route(route: Route, path: str | Path) -> Path:
     epochs = [p.epoch for p in route.points]
     fig, ax = plt.subplots(figsize=(7, 4))
     metrics = sorted({k for p in route.points for k in p.val})
-    for m in metrics:
+    headline = [m for m in metrics if m.endswith("/accuracy") or "/tar@" in m]
+    for m in headline or metrics:
         xs = [p.epoch for p in route.points if m in p.val]
         ax.plot(xs, [p.val[m] for p in route.points if m in p.val], marker="o", label=m)
     ax.set_xlabel("epoch")

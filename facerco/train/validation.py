@@ -7,6 +7,7 @@ mode. Metric keys are ``<set name>/<metric>`` with the scalar metrics of ``facer
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,16 +20,23 @@ __all__ = ["build_validator", "flatten_metrics", "pairs_validator"]
 
 
 def flatten_metrics(prefix: str, result: Mapping[str, Any]) -> dict[str, float]:
-    """Keep the scalar numbers of a metrics dict (nested dicts flattened with '/'), prefixed."""
+    """The headline numbers of a verification result, prefixed by the set name.
+
+    Keeps ``accuracy``, ``accuracy_std``, ``best_threshold``, ``xnorm`` and ``tar@far=<far>`` (from
+    ``tar_at_far``); counts, ROC arrays and per-fold lists are left to the eval reports.
+    """
     out: dict[str, float] = {}
-    for key, value in result.items():
-        name = f"{prefix}/{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten_metrics(name, value))
-        elif isinstance(value, bool):
-            continue
-        elif isinstance(value, int | float | np.integer | np.floating):
-            out[name] = float(value)
+    for key in ("accuracy", "accuracy_std", "best_threshold", "xnorm"):
+        value = result.get(key)
+        numeric = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+        if numeric and math.isfinite(float(value)):  # xnorm is NaN when norms are unknown
+            out[f"{prefix}/{key}"] = float(value)
+    tar = result.get("tar_at_far")
+    if isinstance(tar, Mapping):
+        for far, entry in tar.items():
+            value = entry.get("tar") if isinstance(entry, Mapping) else entry
+            if isinstance(value, int | float | np.integer | np.floating):
+                out[f"{prefix}/tar@far={far}"] = float(value)
     return out
 
 
