@@ -387,10 +387,17 @@ def devkit_name(image_key: str, algo: str) -> str:
 
 
 def write_devkit_feature(path: str | os.PathLike[str], vec: np.ndarray) -> None:
-    """One devkit feature file: int32 header (rows=dim, cols=1, elem_size=4, type=5 CV_32F), then float32."""
+    """One devkit feature file: int32 header (rows=dim, cols=1, elem_size=4, type=5 CV_32F), then float32.
+
+    Written to a temporary name and renamed (never half a file), without the fsync of ``atomic_path``: a feature
+    tree has up to a million of these and each is cheap to rewrite.
+    """
     v = np.ascontiguousarray(vec, dtype="<f4").ravel()
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(_DEVKIT_HEADER.pack(len(v), 1, 4, _CV_32F) + v.tobytes())
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(_DEVKIT_HEADER.pack(len(v), 1, 4, _CV_32F) + v.tobytes())
+    os.replace(tmp, final)
 
 
 def read_devkit_feature(path: str | os.PathLike[str]) -> np.ndarray:

@@ -60,15 +60,31 @@ def exact_sims(a: np.ndarray, b: np.ndarray, chunk: int = 8192) -> np.ndarray:
     """
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"exact_sims needs two (n, D) arrays of one shape, got {a.shape} and {b.shape}")
-    n, dim = a.shape
+    return _tree_dots(a, None, b, None, chunk)
+
+
+def _tree_dots(a: np.ndarray, ia: np.ndarray | None, b: np.ndarray, ib: np.ndarray | None, chunk: int = 8192
+               ) -> np.ndarray:
+    """``a[ia[t]] · b[ib[t]]`` (rows gathered chunk by chunk; None = identity) by the fixed float64 tree."""
+    n = len(a) if ia is None else len(ia)
+    dim = a.shape[1]
     width = 1 << max(0, (dim - 1).bit_length())
     out = np.empty(n, np.float64)
+    buf = np.zeros((min(chunk, n), width), np.float64)
     for s in range(0, n, chunk):
-        prod = np.zeros((min(chunk, n - s), width), np.float64)
-        prod[:, :dim] = a[s : s + chunk].astype(np.float64) * b[s : s + chunk].astype(np.float64)
-        while prod.shape[1] > 1:
-            prod = prod[:, 0::2] + prod[:, 1::2]
-        out[s : s + chunk] = prod[:, 0]
+        m = min(chunk, n - s)
+        prod = buf[:m]
+        rows_a = a[s : s + m] if ia is None else a[ia[s : s + m]]
+        rows_b = b[s : s + m] if ib is None else b[ib[s : s + m]]
+        np.multiply(rows_a, rows_b, out=prod[:, :dim], dtype=np.float64)
+        if width > dim:
+            prod[:, dim:] = 0.0
+        w = width
+        while w > 1:  # fixed tree: element i pairs with i + w/2, in place
+            half = w // 2
+            np.add(prod[:, :half], prod[:, half:w], out=prod[:, :half])
+            w = half
+        out[s : s + m] = prod[:, 0]
     return out
 
 
@@ -188,7 +204,7 @@ def _pair_scores(
         sel = order[s : s + chunk]
         uniq, inv = np.unique(dj[sel], return_inverse=True)
         rows = store.read(uniq)
-        out[sel] = exact_sims(probes[pi[sel]], rows[inv])
+        out[sel] = _tree_dots(probes, pi[sel], rows, inv)
     return out
 
 
@@ -208,7 +224,7 @@ def _genuine(probes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
         raise ValueError("no identity has two or more probe images: no genuine pairs to evaluate")
     i = np.concatenate(ii)
     j = np.concatenate(jj)
-    return i, j, exact_sims(probes[i], probes[j])
+    return i, j, _tree_dots(probes, i, probes, j)
 
 
 def _refine(
