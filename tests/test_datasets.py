@@ -13,7 +13,14 @@ from torch.utils.data import DataLoader
 
 from facerco.data.datasets import FolderDataset, RecordDataset, list_identity_folder, open_dataset
 from facerco.data.recordio import InsightfaceWriter, IRHeader, RecordIOError, RecordReader, RecordWriter, pack
-from facerco.data.transforms import EvalTransform, TrainTransform, decode_image, encode_jpeg, normalize
+from facerco.data.transforms import (
+    EvalTransform,
+    TrainTransform,
+    decode_image,
+    encode_jpeg,
+    normalize,
+    normalize_batch,
+)
 
 
 def _image(seed: int, size: int = 112) -> np.ndarray:
@@ -77,6 +84,21 @@ def test_train_transform_flips_about_half_the_time():
     assert all(torch.equal(o, plain) or torch.equal(o, flipped) for o in outs)
     assert 70 < n_flip < 130
     assert all(torch.equal(TrainTransform(flip=False)(img), plain) for _ in range(20))
+
+
+def test_uint8_output_and_normalize_batch_match_float_path():
+    imgs = [_image(40 + i, 24) for i in range(3)]
+    torch.manual_seed(5)
+    floats = [TrainTransform(size=24)(im) for im in imgs]
+    torch.manual_seed(5)
+    raw = [TrainTransform(size=24, output="uint8")(im) for im in imgs]
+    assert raw[0].dtype == torch.uint8 and raw[0].shape == (24, 24, 3)
+    assert torch.equal(normalize_batch(torch.stack(raw)), torch.stack(floats))
+    assert normalize_batch(torch.stack(raw)).is_contiguous()
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_batch(torch.stack(floats))
+    with pytest.raises(ValueError, match="output"):
+        EvalTransform(output="fp16")
 
 
 def test_eval_transform_resizes_and_decodes_bytes():
@@ -233,3 +255,19 @@ def test_folder_dataset_errors(tmp_path):
         FolderDataset(tmp_path)[0]
     with pytest.raises(ValueError, match="unknown dataset format"):
         open_dataset(tmp_path, "lmdb")
+
+
+def test_flip_coins_differ_between_workers(tmp_path):
+    root = tmp_path / "same"
+    root.mkdir()
+    img = _image(7, 16)
+    with InsightfaceWriter(root / "train.rec", root / "train.idx", root / "property") as w:
+        for _ in range(80):
+            w.add(_png(img), 0)
+    ds = RecordDataset(root, TrainTransform(size=16))
+    ds[0]  # fills the parent's coin buffer: forked workers must not replay it
+    flipped = normalize(cv2.flip(img, 1))
+    batches = [x for x, _ in DataLoader(ds, batch_size=40, num_workers=2)]
+    patterns = [[torch.equal(t, flipped) for t in batch] for batch in batches]
+    assert patterns[0] != patterns[1]
+    assert 20 < sum(patterns[0]) + sum(patterns[1]) < 60

@@ -211,3 +211,17 @@ def test_bad_property(tmp_path):
     (tmp_path / "property").write_text("abc\n")
     with pytest.raises(RecordIOError, match="property: line 1"):
         read_property(tmp_path / "property")
+
+
+def test_single_read_with_size_hint_matches_careful_path(tmp_path):
+    payloads = [b"a" * 13, b"1234" + M + b"5678" + M + b"x", M]
+    with RecordWriter(tmp_path / "a.rec", tmp_path / "a.idx") as w:
+        offsets = [w.write(p) for p in payloads]
+    r = RecordReader(tmp_path / "a.rec")
+    ends = [*offsets[1:], r.size]
+    for payload, off, end in zip(payloads, offsets, ends):
+        careful = r.read_at(off)
+        assert careful == (payload, end)
+        assert r.read_at(off, size_hint=end - off) == careful  # exact hint: one read
+        assert r.read_at(off, size_hint=end - off - 4) == careful  # short hint: falls back
+        assert r.read_at(off, size_hint=r.size - off + 100) == careful  # long hint: extra bytes ignored

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from facerco.data.recordio import (
     RecordIOError,
@@ -104,24 +105,32 @@ class RecordDataset(Dataset):
         else:
             keys = self.reader.keys.copy()
         self.keys = keys
-        pos = self.reader._pos  # noqa: SLF001 - same package
-        self._offsets = np.asarray([self.reader.offsets[pos[int(k)]] for k in keys], dtype=np.int64)
+        self._offsets = self.reader.offsets[self.reader.positions(keys)]
+        # bytes on disk of each image record = distance to the next record in the file: one read per image
+        starts = np.unique(np.append(self.reader.offsets, self.reader.size))
+        self._sizes = starts[np.searchsorted(starts, self._offsets, side="right")] - self._offsets
         self.labels = self._read_labels(declared)
         self.num_classes = declared if declared is not None else int(self.labels.max()) + 1 if len(self.labels) else 0
         self.classes = _load_class_names(self.root, self.num_classes)
 
     def _read_labels(self, num_classes: int | None) -> np.ndarray:
+        """Class of every image from its record header: one small read per record, checked against ``property``."""
         labels = np.empty(len(self.keys), dtype=np.int64)
-        for i, key in enumerate(self.keys):
-            header = self.reader.header(int(key))
-            value = class_of(header)
+        offsets = self._offsets.tolist()
+        keys = self.keys.tolist()
+        bar = tqdm(total=len(keys), unit="rec", desc="labels", disable=len(keys) < 200_000, mininterval=1.0)
+        for i, (key, offset) in enumerate(zip(keys, offsets)):
+            value = class_of(self.reader.header_at(offset, key))
             if value != int(value) or value < 0 or (num_classes is not None and value >= num_classes):
                 limit = f"[0, {num_classes})" if num_classes is not None else "non-negative integers"
                 raise RecordIOError(
-                    f"{self.reader.path}: key {int(key)}, offset {int(self._offsets[i])}: label {value:g} out of "
+                    f"{self.reader.path}: key {key}, offset {offset}: label {value:g} out of "
                     f"range {limit}" + (f" (property: num_classes={num_classes})" if num_classes is not None else "")
                 )
             labels[i] = int(value)
+            if i % 65536 == 0:
+                bar.update(min(65536, len(keys) - bar.n))
+        bar.close()
         return labels
 
     def __len__(self) -> int:
@@ -135,7 +144,7 @@ class RecordDataset(Dataset):
     def read_bytes(self, i: int) -> bytes:
         """The encoded image of item ``i`` (without the IRHeader)."""
         key, offset = int(self.keys[i]), int(self._offsets[i])
-        record, _ = self.reader.read_at(offset, key)
+        record, _ = self.reader.read_at(offset, key, int(self._sizes[i]))
         try:
             _, start = unpack_header(record)
         except ValueError as exc:

@@ -199,9 +199,12 @@ class RecordReader:
         else:
             self.offsets = np.asarray([off for off, _ in self._scan_headers()], dtype=np.int64)
             self.keys = np.arange(len(self.offsets), dtype=np.int64)
-        self._pos = {int(k): i for i, k in enumerate(self.keys)}
-        if len(self._pos) != len(self.keys):
-            raise RecordIOError(f"{self.idx_path}: duplicate keys in the index")
+        # key -> position without a per-key dict (millions of records): sorted keys + their positions
+        self._order = np.argsort(self.keys, kind="stable")
+        self._sorted_keys = self.keys[self._order]
+        if len(self.keys) > 1 and (np.diff(self._sorted_keys) == 0).any():
+            dup = int(self._sorted_keys[np.flatnonzero(np.diff(self._sorted_keys) == 0)[0]])
+            raise RecordIOError(f"{self.idx_path}: key {dup} appears more than once in the index")
 
     # -- file handle, one per process
     def _handle(self) -> int:
@@ -238,7 +241,22 @@ class RecordReader:
         return len(self.keys)
 
     def __contains__(self, key: int) -> bool:
-        return int(key) in self._pos
+        return self._position(int(key)) is not None
+
+    def _position(self, key: int) -> int | None:
+        j = int(np.searchsorted(self._sorted_keys, key))
+        if j < len(self._sorted_keys) and int(self._sorted_keys[j]) == key:
+            return int(self._order[j])
+        return None
+
+    def positions(self, keys: np.ndarray) -> np.ndarray:
+        """Index positions of many keys at once (vectorized); raises KeyError naming the first missing key."""
+        keys = np.asarray(keys, dtype=np.int64)
+        j = np.searchsorted(self._sorted_keys, keys).clip(0, max(len(self._sorted_keys) - 1, 0))
+        found = (self._sorted_keys[j] == keys) if len(self._sorted_keys) else np.zeros(len(keys), bool)
+        if not found.all():
+            raise KeyError(f"{self.path}: no record with key {int(keys[~found][0])}")
+        return self._order[j]
 
     # -- low level
     def _where(self, key: int | None, offset: int) -> str:
@@ -271,8 +289,16 @@ class RecordReader:
             raise RecordIOError(f"{self._where(key, start)}: {part}wrong magic 0x{magic:08x} (expected 0x{MAGIC:08x})")
         return lrec >> _LEN_BITS, lrec & _LEN_MASK
 
-    def read_at(self, offset: int, key: int | None = None) -> tuple[bytes, int]:
-        """Read the (joined) record starting at ``offset``; returns the payload and the offset of the next record."""
+    def read_at(self, offset: int, key: int | None = None, size_hint: int | None = None) -> tuple[bytes, int]:
+        """Read the (joined) record starting at ``offset``; returns the payload and the offset of the next record.
+
+        With ``size_hint`` (the record's bytes on disk, e.g. the distance to the next offset) the record is read with
+        one system call; when the hint does not hold the whole record, the part-by-part path below is used.
+        """
+        if size_hint is not None and 8 <= size_hint <= 1 << 24:
+            fast = _parse_parts(self._pread(size_hint, offset))
+            if fast is not None:
+                return fast[0], offset + fast[1]
         start = offset
         parts: list[bytes] = []
         while True:
@@ -296,7 +322,7 @@ class RecordReader:
 
     def read(self, key: int) -> bytes:
         """The payload of record ``key``."""
-        i = self._pos.get(int(key))
+        i = self._position(int(key))
         if i is None:
             raise KeyError(f"{self.path}: no record with key {key}")
         return self.read_at(int(self.offsets[i]), int(key))[0]
@@ -307,18 +333,24 @@ class RecordReader:
 
     def header(self, key: int) -> IRHeader:
         """The IRHeader of record ``key``, reading only its first bytes when possible."""
-        i = self._pos.get(int(key))
+        i = self._position(int(key))
         if i is None:
             raise KeyError(f"{self.path}: no record with key {key}")
-        offset = int(self.offsets[i])
-        cflag, length = self._part_header(offset, key)
-        del cflag  # a split record's first part holds the header unless the magic sits inside it (handled below)
-        head = self._pread(min(length, 64), offset + 8)
+        return self.header_at(int(self.offsets[i]), int(key))
+
+    def header_at(self, offset: int, key: int | None = None) -> IRHeader:
+        """The IRHeader of the record at ``offset`` (one small read in the usual case)."""
+        buf = self._pread(8 + 64, offset)
+        if len(buf) < 8 or struct.unpack_from("<I", buf)[0] != MAGIC:
+            self._part_header(offset, key)  # raises the precise error
+        length = struct.unpack_from("<I", buf, 4)[0] & _LEN_MASK
+        head = buf[8 : 8 + min(length, 64)]
+        # a split record's first part holds the header unless the magic sits inside it (handled below)
         try:
             header, end = unpack_header(head)
         except ValueError:
             header, end = None, 0
-        if header is None or end > len(head):
+        if header is None or end > len(head) or len(head) < min(length, 64):
             # long array label, or a first part that ends inside the header (magic in it): read the whole record
             try:
                 header, _ = unpack_header(self.read_at(offset, key)[0])
@@ -355,6 +387,26 @@ class RecordReader:
             payload, nxt = self.read_at(offset)
             yield offset, payload
             offset = nxt
+
+
+def _parse_parts(buf: bytes) -> tuple[bytes, int] | None:
+    """Join the parts of the record at the start of ``buf``; (payload, bytes used), or None when ``buf`` is short or
+    malformed (the caller then takes the careful path, which reports the exact error)."""
+    pos = 0
+    parts: list[bytes] = []
+    while True:
+        if pos + 8 > len(buf):
+            return None
+        magic, lrec = struct.unpack_from("<II", buf, pos)
+        cflag, length = lrec >> _LEN_BITS, lrec & _LEN_MASK
+        if magic != MAGIC or cflag > 3 or (not parts and cflag in (2, 3)) or (parts and cflag in (0, 1)):
+            return None
+        if pos + 8 + length > len(buf):
+            return None
+        parts.append(buf[pos + 8 : pos + 8 + length])
+        pos += 8 + ((length + 3) & ~3)
+        if cflag in (0, 3):
+            return (parts[0] if len(parts) == 1 else _MAGIC_BYTES.join(parts)), pos
 
 
 # ---------------------------------------------------------------------------------------------------------- writer

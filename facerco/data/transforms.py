@@ -7,11 +7,22 @@ machines it was the fastest of cv2 (BGR + cvtColor), cv2 RGB, PIL and imageio (b
 
 from __future__ import annotations
 
+import os
+from typing import Literal
+
 import cv2
 import numpy as np
 import torch
 
-__all__ = ["decode_image", "encode_jpeg", "normalize", "resize_square", "TrainTransform", "EvalTransform"]
+__all__ = [
+    "decode_image",
+    "encode_jpeg",
+    "normalize",
+    "normalize_batch",
+    "resize_square",
+    "TrainTransform",
+    "EvalTransform",
+]
 
 _RGB_FLAG = getattr(cv2, "IMREAD_COLOR_RGB", None)  # decodes directly to RGB, no extra colour conversion pass
 
@@ -63,17 +74,36 @@ def normalize(img: np.ndarray) -> torch.Tensor:
     return t.sub_(127.5).div_(127.5)
 
 
+def normalize_batch(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 batch (N, H, W, 3) RGB, as the ``output="uint8"`` transforms give -> float (N, 3, H, W) normalized.
+
+    Runs wherever the batch is (call it after ``.to(device)``): on a GPU it is free, and the loader workers then move
+    4x fewer bytes. Gives exactly :func:`normalize` per image.
+    """
+    if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+        raise ValueError(f"normalize_batch expects a uint8 (N, H, W, 3) tensor, got {batch.dtype} {tuple(batch.shape)}")
+    return batch.permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5).contiguous()
+
+
 class EvalTransform:
     """Decode if needed, resize to ``size`` when the image differs, normalize. No randomness.
 
     Args:
         size: network input side in pixels.
+        output: ``"float"`` gives the normalized (3, H, W) float tensor; ``"uint8"`` gives the (H, W, 3) RGB uint8
+            tensor for :func:`normalize_batch` on the device (faster loaders).
     """
 
-    def __init__(self, size: int = 112) -> None:
+    def __init__(self, size: int = 112, output: Literal["float", "uint8"] = "float") -> None:
         if size <= 0:
             raise ValueError(f"size must be positive, got {size}")
+        if output not in ("float", "uint8"):
+            raise ValueError(f"output must be 'float' or 'uint8', got {output!r}")
         self.size = int(size)
+        self.output = output
+
+    def _finish(self, img: np.ndarray) -> torch.Tensor:
+        return normalize(img) if self.output == "float" else torch.from_numpy(np.ascontiguousarray(img))
 
     def prepare(self, img: np.ndarray | bytes) -> np.ndarray:
         """The RGB uint8 image at the network size (decoded from bytes when given bytes)."""
@@ -82,10 +112,10 @@ class EvalTransform:
         return resize_square(img, self.size)
 
     def __call__(self, img: np.ndarray | bytes) -> torch.Tensor:
-        return normalize(self.prepare(img))
+        return self._finish(self.prepare(img))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size})"
+        return f"{type(self).__name__}(size={self.size}, output={self.output!r})"
 
 
 class TrainTransform(EvalTransform):
@@ -96,17 +126,30 @@ class TrainTransform(EvalTransform):
     Args:
         flip: apply the random horizontal flip.
         size: network input side in pixels.
+        output: ``"float"`` (normalized CHW) or ``"uint8"`` (HWC, for :func:`normalize_batch`).
     """
 
-    def __init__(self, flip: bool = True, size: int = 112) -> None:
-        super().__init__(size)
+    def __init__(self, flip: bool = True, size: int = 112, output: Literal["float", "uint8"] = "float") -> None:
+        super().__init__(size, output)
         self.flip = bool(flip)
+        self._coins: list[bool] = []
+        self._pid = -1
+
+    def _coin(self) -> bool:
+        """A fair coin from torch's RNG, drawn 256 at a time; the buffer is per process so workers never share it."""
+        if self._pid != os.getpid() or not self._coins:
+            self._pid = os.getpid()
+            self._coins = (torch.rand(256) < 0.5).tolist()
+        return self._coins.pop()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_coins": [], "_pid": -1}
 
     def __call__(self, img: np.ndarray | bytes) -> torch.Tensor:
         img = self.prepare(img)
-        if self.flip and torch.rand(()) < 0.5:
-            img = img[:, ::-1]  # flipping uint8 before normalize copies 4x fewer bytes than flipping the float tensor
-        return normalize(img)
+        if self.flip and self._coin():
+            img = cv2.flip(img, 1)  # on uint8, before normalize; cv2.flip is ~20x faster than a copied [:, ::-1] view
+        return self._finish(img)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(flip={self.flip}, size={self.size})"
+        return f"{type(self).__name__}(flip={self.flip}, size={self.size}, output={self.output!r})"
