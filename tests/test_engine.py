@@ -223,3 +223,18 @@ def test_ddp_two_gloo_ranks_match_one_rank(tmp_path):
     torch.testing.assert_close(a["losses"], b["losses"], rtol=1e-5, atol=1e-6)
     for name in b["state"]:
         torch.testing.assert_close(a["state"][name], b["state"][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_config_must_match_run_config(tmp_path):
+    from facerco.config import dump_config
+    from facerco.train.engine import check_resume_config
+
+    cfg = _cfg(tmp_path)
+    (tmp_path / "config.yaml").write_text(dump_config(cfg))
+    check_resume_config(tmp_path, cfg)  # nothing to resume yet: no last.pt
+    (tmp_path / "last.pt").write_bytes(b"")
+    check_resume_config(tmp_path, _cfg(tmp_path, progress=True, max_steps=3))  # free keys
+    changed = _cfg(tmp_path)
+    changed.optim.lr = 0.2
+    with pytest.raises(ValueError, match=r"optim.lr: 0.1 -> 0.2"):
+        check_resume_config(tmp_path, changed)

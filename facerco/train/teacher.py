@@ -17,7 +17,7 @@ from torch import nn
 from facerco.config import Config, dump_config
 from facerco.route.record import RouteRecorder
 from facerco.train import distributed as fdist
-from facerco.train.engine import Engine, FitResult, seed_everything
+from facerco.train.engine import Engine, FitResult, check_resume_config, seed_everything
 from facerco.train.task import TrainTask
 from facerco.train.validation import build_validator
 from facerco.utils.device import resolve_device
@@ -106,6 +106,7 @@ def train_teacher(cfg: Config) -> FitResult:
     dist = fdist.init_distributed(resolve_device(cfg.train.device))
     try:
         run_dir = Path(cfg.train.output)
+        check_resume_config(run_dir, cfg)
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
