@@ -15,12 +15,10 @@ from typing import Literal
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from facerco.data.recordio import (
     RecordIOError,
     RecordReader,
-    class_of,
     read_dataset_header,
     read_property,
     unpack_header,
@@ -107,31 +105,26 @@ class RecordDataset(Dataset):
         self.keys = keys
         self._offsets = self.reader.offsets[self.reader.positions(keys)]
         # bytes on disk of each image record = distance to the next record in the file: one read per image
-        starts = np.unique(np.append(self.reader.offsets, self.reader.size))
+        starts = np.sort(np.append(self.reader.offsets, self.reader.size))
         self._sizes = starts[np.searchsorted(starts, self._offsets, side="right")] - self._offsets
         self.labels = self._read_labels(declared)
         self.num_classes = declared if declared is not None else int(self.labels.max()) + 1 if len(self.labels) else 0
         self.classes = _load_class_names(self.root, self.num_classes)
 
     def _read_labels(self, num_classes: int | None) -> np.ndarray:
-        """Class of every image from its record header: one small read per record, checked against ``property``."""
-        labels = np.empty(len(self.keys), dtype=np.int64)
-        offsets = self._offsets.tolist()
-        keys = self.keys.tolist()
-        bar = tqdm(total=len(keys), unit="rec", desc="labels", disable=len(keys) < 200_000, mininterval=1.0)
-        for i, (key, offset) in enumerate(zip(keys, offsets)):
-            value = class_of(self.reader.header_at(offset, key))
-            if value != int(value) or value < 0 or (num_classes is not None and value >= num_classes):
-                limit = f"[0, {num_classes})" if num_classes is not None else "non-negative integers"
-                raise RecordIOError(
-                    f"{self.reader.path}: key {key}, offset {offset}: label {value:g} out of "
-                    f"range {limit}" + (f" (property: num_classes={num_classes})" if num_classes is not None else "")
-                )
-            labels[i] = int(value)
-            if i % 65536 == 0:
-                bar.update(min(65536, len(keys) - bar.n))
-        bar.close()
-        return labels
+        """Class of every image from its record header (one small read per record), checked against ``property``."""
+        values = self.reader.class_labels(self._offsets, self.keys)
+        bad = (values != np.floor(values)) | (values < 0)
+        if num_classes is not None:
+            bad |= values >= num_classes
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            limit = f"[0, {num_classes})" if num_classes is not None else "non-negative integers"
+            raise RecordIOError(
+                f"{self.reader.path}: key {int(self.keys[i])}, offset {int(self._offsets[i])}: label {values[i]:g} "
+                f"out of range {limit}" + (f" (property: num_classes={num_classes})" if num_classes is not None else "")
+            )
+        return values.astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -128,6 +128,21 @@ def class_of(header: IRHeader) -> float:
 def read_idx(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read a ``.idx`` file into (keys, offsets), both int64, in file order; errors name the line."""
     p = Path(path)
+    data = p.read_bytes()
+    tokens = data.split()
+    lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+    if tokens and len(tokens) == 2 * lines:  # fast path (millions of lines): parse in C, check, else go careful
+        try:
+            pairs = np.array(tokens).astype(np.int64).reshape(-1, 2)
+        except ValueError:
+            pairs = None
+        if pairs is not None and (pairs[:, 1] >= 0).all():
+            return pairs[:, 0].copy(), pairs[:, 1].copy()
+    return _read_idx_careful(p)
+
+
+def _read_idx_careful(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Line-by-line parse that reports the first bad line."""
     keys: list[int] = []
     offsets: list[int] = []
     with open(p, encoding="ascii", errors="replace") as handle:
@@ -357,6 +372,29 @@ class RecordReader:
             except ValueError as exc:
                 raise RecordIOError(f"{self._where(key, offset)}: {exc}") from None
         return header
+
+    def class_labels(self, offsets: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """The class of each record (scalar label, or ``label[0]``) as float64, one small read per record.
+
+        The tight loop handles the usual layout (header in the first part); anything else goes through
+        :meth:`header_at`, which reads the whole record and reports errors with key and offset.
+        """
+        out = np.empty(len(offsets), dtype=np.float64)
+        fd = self._handle()
+        pread, unpack_from = os.pread, struct.unpack_from
+        for i, (offset, key) in enumerate(zip(offsets.tolist(), keys.tolist())):
+            buf = pread(fd, 40, offset)
+            if len(buf) == 40:
+                magic, lrec, flag, label = unpack_from("<IIIf", buf)
+                length = lrec & _LEN_MASK
+                if magic == MAGIC and flag == 0 and length >= IR_SIZE:
+                    out[i] = label
+                    continue
+                if magic == MAGIC and flag > 0 and length >= IR_SIZE + 4 * flag:
+                    out[i] = unpack_from("<f", buf, 8 + IR_SIZE)[0]
+                    continue
+            out[i] = class_of(self.header_at(offset, key))
+        return out
 
     def _scan_headers(self) -> Iterator[tuple[int, int]]:
         """Yield (offset, total bytes) of every record by walking part headers, without reading payloads."""
