@@ -167,3 +167,13 @@ def test_multi_stage_restart_and_explicit_stages():
     assert explicit.total_steps == 9
     with pytest.raises(ValueError, match="final_share"):
         build_stage_plan(["a", "f"], 10, 5, final_share=1.0)
+
+
+def test_default_metric_prefers_accuracy():
+    from facerco.route.anchors import default_metric
+
+    assert default_metric(["pairs/num_pairs", "pairs/accuracy", "lfw/acc"]) == "pairs/accuracy"
+    assert default_metric(["x", "y"]) == "x" and default_metric([]) == ""
+    pts = route_points({"points": [{"name": "a", "val": {"n": 9.0, "acc": 0.5}},
+                                   {"name": "b", "val": {"n": 1.0, "acc": 0.7}}, {"name": "c"}]})
+    assert select_best(pts).anchors == ["b"]

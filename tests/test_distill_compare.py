@@ -102,3 +102,21 @@ def test_file_variants_and_budget_check(setup, tmp_path):
     bad = builtin_variants(path, names=["scratch"]) + builtin_variants(path, ["train.epochs=2"], ["mimic_final"])
     with pytest.raises(ValueError, match="same budget"):
         run_compare(bad, [0], tmp_path / "x", validator_factory=_nn_validator)
+
+
+def test_shipped_student_configs_load():
+    from pathlib import Path
+
+    from facerco.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "student"
+    files = sorted(root.glob("*.yaml"))
+    names = {f.stem for f in files}
+    for needed in ("ms1mv2_mbf0.8m_rco_eeis", "ms1mv2_mbf0.8m_rco_gss", "ms1mv2_mbf0.8m_mimic_final",
+                   "ms1mv2_mbf0.8m_scratch", "lfw_cpu_scratch", "lfw_cpu_rco_gss"):
+        assert needed in names
+    for f in files:
+        cfg = load_config(f)
+        assert cfg.kind == "student" and cfg.distill.teacher_run, f
+    lfw = file_variants(sorted(root.glob("lfw_cpu_*.yaml")))
+    assert sorted(v.name for v in lfw) == sorted(VARIANTS)  # the CPU files are exactly the built-in variants

@@ -46,6 +46,7 @@ __all__ = [
     "divergence",
     "probe_indices",
     "format_plan",
+    "default_metric",
 ]
 
 
@@ -166,16 +167,26 @@ def select_manual(points: Sequence[PointInfo], names: Sequence[str], append_fina
     return AnchorPlan("manual", resolved)
 
 
+def default_metric(keys: Sequence[str]) -> str:
+    """The metric to rank by when none is named: the first accuracy-like key (``*accuracy``, ``*acc``), else the
+    first key; empty when there are none."""
+    keys = list(dict.fromkeys(keys))
+    for k in keys:
+        if k.endswith(("accuracy", "acc")):
+            return k
+    return keys[0] if keys else ""
+
+
 def select_best(points: Sequence[PointInfo], metric: str = "") -> AnchorPlan:
     """The best intermediate checkpoint (final excluded) by a validation metric (higher is better).
 
-    ``metric`` empty takes the first metric the route records. Ties go to the earlier point.
+    ``metric`` empty takes :func:`default_metric` of the recorded keys. Ties go to the earlier point.
     """
     inter = list(points[:-1]) or list(points)
     keys = [k for p in inter for k in p.val]
     if not keys:
         raise ValueError("strategy 'best' needs validation metrics in route.json; this route records none")
-    key = metric or keys[0]
+    key = metric or default_metric(keys)
     scored = [(p.val[key], -i, p.name) for i, p in enumerate(inter) if key in p.val]
     if not scored:
         raise ValueError(f"no route point records metric {key!r}; recorded: {sorted(set(keys))}")

@@ -186,8 +186,10 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def _aggregate(variants: Sequence[Variant], records: Sequence[RunRecord], metric: str) -> dict[str, Any]:
+    from facerco.route.anchors import default_metric
+
     keys = sorted({k for r in records for k in r.val})
-    primary = metric or next((k for k in keys if k.endswith("/acc") or k == "acc"), keys[0] if keys else "")
+    primary = metric or default_metric(keys)
     ref = {r.seed: r.val.get(primary, math.nan) for r in records if r.variant == "mimic_final"}
     rows = []
     for v in variants:
@@ -217,7 +219,9 @@ def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
 def format_table(table: dict[str, Any]) -> str:
     """Markdown table of :func:`run_compare`'s result (accuracy-like metrics in %, mean ± std over seeds)."""
     metrics = table["metrics"]
-    shown = [m for m in metrics if m.endswith("acc") or m == table["primary_metric"]] or metrics[:3]
+    primary = table["primary_metric"]
+    shown = [primary] + [m for m in metrics if m != primary and m.endswith(("acc", "tar_at_far/0.001/tar"))]
+    shown = [m for m in shown if m] or metrics[:3]
     has_delta = any("delta_vs_mimic_final" in r for r in table["rows"])
     head = ["variant", "anchors", *[f"{m} %" for m in shown]]
     head += (["Δ vs mimic_final (paired)"] if has_delta else []) + ["congruence to final", "time s"]

@@ -28,6 +28,7 @@ from facerco.route.anchors import (
     AnchorPlan,
     PointInfo,
     ProbeOutput,
+    default_metric,
     probe_indices,
     route_points,
     select_best,
@@ -290,7 +291,7 @@ class GateCallback(Callback):
         stage = upcoming[0]
         student = engine.validate()
         info = self.points.get(stage.anchor)
-        key = self.metric or next((k for k in student if info is not None and k in info.val), "")
+        key = self.metric or default_metric([k for k in student if info is not None and k in info.val])
         if not key or info is None or key not in info.val or key not in student:
             self.decisions.append({"stage": stage.index, "anchor": stage.anchor, "skipped": False,
                                    "reason": "no comparable metric"})
