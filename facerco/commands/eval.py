@@ -21,6 +21,13 @@ def _model_name(model: str, names: list[str] | None, i: int) -> str:
     return p.parent.name + "/" + p.stem if p.parent.name else p.stem
 
 
+def _embedder(model: str, args: argparse.Namespace) -> Any:
+    """The model loaded once (``--arch`` for insightface .pth state_dicts)."""
+    from facerco.eval.features import load_embedder
+
+    return load_embedder(model, args.device, args.arch)
+
+
 def _verify(args: argparse.Namespace) -> int:
     from facerco.eval.report import write_report
     from facerco.eval.verification import verify_bin, verify_pairs
@@ -32,8 +39,9 @@ def _verify(args: argparse.Namespace) -> int:
     if args.names and len(args.names) != len(args.model):
         raise ValueError(f"--names gives {len(args.names)} names for {len(args.model)} models")
     results: dict[str, dict[str, Any]] = {}
-    for i, model in enumerate(args.model):
-        name = _model_name(model, args.names, i)
+    for i, model_path in enumerate(args.model):
+        name = _model_name(model_path, args.names, i)
+        model = _embedder(model_path, args)
         per_set: dict[str, Any] = {}
         for b in args.bin or []:
             per_set[Path(b).stem] = verify_bin(model, b, args.batch_size, args.device, args.nfolds, args.far,
@@ -57,11 +65,14 @@ def _verify(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _image_files(src: Path) -> list[str]:
+def _image_files(src: Path, root: str | None) -> list[str]:
+    """Distractor images: every image under a folder, or a list file whose relative entries resolve against
+    ``root`` (default: the list's folder)."""
     if src.is_file():
-        from facerco.eval.features import _read_list_file
+        from facerco.eval.lists import read_image_list
 
-        return [str(p) for p in _read_list_file(src)[0]]
+        base = Path(root) if root else src.parent
+        return [str(p if p.is_absolute() else base / p) for p in map(Path, read_image_list(src))]
     return sorted(str(p) for p in src.rglob("*") if p.suffix.lower() in _IMAGE_EXT)
 
 
@@ -91,8 +102,8 @@ def _features(src: str, role: str, model: str | None, args: argparse.Namespace, 
     if cache is not None and (cache / f"{role}.npy").is_file():
         print(f"using cached {role} features {cache / f'{role}.npy'}")
         return load_embeddings(cache / f"{role}.npy", mmap=role == "distractors")
-    source: Any = path if role == "probes" else _image_files(path)
-    emb = extract_embeddings(model, source, batch_size=args.batch_size, device=args.device,
+    source: Any = path if role == "probes" else _image_files(path, args.distractor_root)
+    emb = extract_embeddings(_embedder(model, args), source, batch_size=args.batch_size, device=args.device,
                              num_workers=args.num_workers)
     if cache is not None:
         save(emb, cache / f"{role}.npy")
@@ -185,6 +196,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="probe features (.npy with .csv labels, devkit folder with --algo) or an identity folder")
     m.add_argument("--distractors", required=True,
                    help="distractor features (.npy, memory-mapped; devkit folder with --algo) or images/list")
+    m.add_argument("--distractor-root", help="folder that relative entries of a distractor image list refer to")
     m.add_argument("--model", nargs="+", help="extract features from images with these models")
     m.add_argument("--names", nargs="+", help="display names for the models")
     m.add_argument("--algo", default="facerco", help="devkit feature suffix: <image>_<algo>.bin")
@@ -203,6 +215,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", help="architecture of an insightface .pth/.pt state_dict (e.g. iresnet100)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--num-workers", type=int, default=2, help="image decoding workers")

@@ -117,8 +117,8 @@ def _onnx_embedder(path: Path, device: torch.device) -> Embedder:
     return Embedder(run, size, 127.5, 127.5, torch.device("cpu"), path.name)
 
 
-def load_embedder(model: nn.Module | str | os.PathLike[str], device: str = "auto", arch: str | None = None
-                  ) -> Embedder:
+def load_embedder(model: nn.Module | str | os.PathLike[str] | Embedder, device: str = "auto",
+                  arch: str | None = None) -> Embedder:
     """Wrap an nn.Module, a checkpoint path or an ONNX path as an :class:`Embedder`.
 
     Args:
@@ -128,6 +128,8 @@ def load_embedder(model: nn.Module | str | os.PathLike[str], device: str = "auto
     """
     from facerco.utils.device import resolve_device
 
+    if isinstance(model, Embedder):
+        return model
     if isinstance(model, nn.Module):
         if device == "auto":
             param = next(model.parameters(), None)
