@@ -185,6 +185,10 @@ class StudentTask(TrainTask):
             self.hint = HintLoss(*hint_channels)
             self._student_hooks = FeatureHooks(backbone, [d.hint_student_layer])
         self.skipped: set[int] = set()  # stage indices skipped by the gate
+        # DDP must not wait for gradients of parts this configuration never trains (e.g. the projector of scratch)
+        needs_teacher = d.mimic_weight > 0 or self.kd is not None or self.hint is not None
+        self.find_unused_parameters = (self.mimic.projector is not None and (d.mimic_weight == 0 or not needs_teacher)
+                                       ) or (head is not None and d.arcface_weight == 0 and self.kd is None)
         if head is not None and getattr(head, "sharded", False):
             self.rank_local_prefixes = ("head.",)  # Partial-FC rows differ per rank
 

@@ -1,0 +1,49 @@
+"""`facerco cache` and `facerco distill` through the CLI on a tiny teacher route."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_distill_support import IMAGE, student_cfg, train_teacher, write_faces
+
+from facerco.cli import main
+from facerco.config import dump_config
+from facerco.route.cache import AnchorCache
+
+
+@pytest.fixture(scope="module")
+def route(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    faces = write_faces(root / "faces")
+    return root, faces, train_teacher(faces, root / "teacher")
+
+
+def test_cache_then_distill_from_cache(route, capsys):
+    root, faces, run = route
+    cfg = student_cfg(faces, run, root / "student", strategy="manual", anchors=["epoch_003"], final_share=0.5)
+    cfg.train.epochs = 1.0
+    cfg_path = root / "student.yaml"
+    cfg_path.write_text(dump_config(cfg))
+    out = root / "cache"
+    argv = ["cache", str(run), str(faces), "--format", "folder", "--out", str(out), "--config", str(cfg_path),
+            "--shard-size", "16", "--workers", "0", "--no-progress", "--device", "cpu"]
+    assert main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["anchors"]) == ["epoch_003", "epoch_004"]  # the plan's anchors (final included)
+    assert manifest["meta"]["image_size"] == IMAGE and all(a["complete"] for a in manifest["anchors"].values())
+    assert main(argv) == 0  # rerun: everything cached, nothing recomputed
+    assert AnchorCache(out).embedding_size("epoch_004") == 128
+    assert main(["distill", str(cfg_path), f"distill.cache={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "anchors:  epoch_003 -> epoch_004" in printed and "student:" in printed
+    assert (root / "student" / "student.safetensors").is_file()
+    assert main(["distill", str(cfg_path), "kind=teacher"]) == 1  # wrong kind: one-line error, exit 1
+
+
+def test_route_plan_cli_without_config(route, capsys):
+    root, faces, run = route
+    assert main(["route", "plan", str(run), "--strategy", "eeis", "--every", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "anchors:  epoch_002 -> epoch_004" in out and "stage 1: epoch_004" in out
+    assert main(["route", "plan", str(run), "--strategy", "manual", "--anchors", "epoch_009"]) == 1
