@@ -44,7 +44,19 @@ def header_json(h, payload):
     label = h.label.tolist() if isinstance(h.label, np.ndarray) else float(h.label)
     return {"flag": int(h.flag), "label": label, "id": int(h.id), "id2": int(h.id2), "payload": payload.hex()}
 
-if mode == "write":
+if mode == "arcface":  # what insightface arcface_torch's MXFaceDataset does with a dataset folder
+    r = mx.recordio.MXIndexedRecordIO(idx, rec, "r")
+    h0, _ = mx.recordio.unpack(r.read_idx(0))
+    keys = list(range(1, int(h0.label[0]))) if h0.flag > 0 else list(r.keys)
+    rows = []
+    for key in keys:
+        h, img = mx.recordio.unpack(r.read_idx(key))
+        label = h.label if not isinstance(h.label, np.ndarray) else h.label[0]
+        arr = mx.image.imdecode(img).asnumpy()  # RGB
+        mean = arr.reshape(-1, 3).mean(0).tolist()
+        rows.append({"key": key, "label": int(label), "shape": list(arr.shape), "mean": mean})
+    json.dump(rows, open(out, "w"))
+elif mode == "write":
     spec = json.load(open(spec_path))
     w = mx.recordio.MXIndexedRecordIO(idx, rec, "w")
     for item in spec:
@@ -159,3 +171,29 @@ def test_mxnet_reads_facerco_dataset_identically(tmp_path):
         assert bytes.fromhex(mx["payload"]) == img and mx["label"] == float(lab)
     # identity records, as insightface readers use them
     assert [got["records"][str(k)]["label"] for k in range(5, 9)] == [[1.0, 3.0], [3.0, 4.0], [4.0, 4.0], [4.0, 5.0]]
+
+
+def test_insightface_reader_accepts_a_packed_folder(tmp_path):
+    """`facerco pack` output read the way arcface_torch's MXFaceDataset reads it (mxnet recordio + mx.image)."""
+    import cv2
+
+    from facerco.data.datasets import RecordDataset
+    from facerco.prep.pack import pack_folder
+
+    rng = np.random.default_rng(3)
+    for ident in ("id_a", "id_b", "id_c"):
+        (tmp_path / "src" / ident).mkdir(parents=True)
+        for j in range(2):
+            img = cv2.GaussianBlur(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8), (0, 0), 3)
+            cv2.imwrite(str(tmp_path / "src" / ident / f"{j}.png"), img)
+    pack_folder(tmp_path / "src", tmp_path / "ds", progress=False)
+    ds = tmp_path / "ds"
+    _run(tmp_path, "arcface", "-", str(ds / "train.rec"), str(ds / "train.idx"), str(tmp_path / "out.json"))
+    rows = json.loads((tmp_path / "out.json").read_text())
+    dataset = RecordDataset(ds)
+    assert [r["key"] for r in rows] == dataset.keys.tolist()
+    assert [r["label"] for r in rows] == dataset.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    for i, row in enumerate(rows):
+        img = dataset.read_image(i)
+        assert row["shape"] == [112, 112, 3]
+        np.testing.assert_allclose(row["mean"], img.reshape(-1, 3).mean(0), atol=1.0)  # decoders may differ slightly
