@@ -192,6 +192,8 @@ def test_bad_inputs_raise(tiny: nn.Module, tmp_path: Path) -> None:
         fx.export_onnx(plain, tmp_path / "x.onnx")
     with pytest.raises(ValueError, match="opset"):
         fx.export_onnx(tiny, tmp_path / "x.onnx", opset=9)
+    with pytest.raises(RuntimeError, match="exporter legacy"):
+        fx.export_onnx(tiny, tmp_path / "x.onnx", opset=13)  # dynamo cannot convert down: no silent opset 18
     with pytest.raises(ValueError, match="unknown exporter"):
         fx.export_onnx(tiny, tmp_path / "x.onnx", exporter="tf")
     odd = _trained_like(TinyFace())

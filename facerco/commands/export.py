@@ -99,7 +99,8 @@ def _add_onnx(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", default=None, help="architecture name, needed only for insightface .pth state dicts")
     p.add_argument("--fp16", action="store_true", help="fp16 weights and compute, float32 input/output")
     p.add_argument("--simplify", action="store_true", help="run onnxsim on the exported graph")
-    p.add_argument("--opset", type=int, default=_DEFAULT_OPSET, help=f"ONNX opset (default {_DEFAULT_OPSET}, min 11)")
+    p.add_argument("--opset", type=int, default=_DEFAULT_OPSET,
+                   help=f"ONNX opset (default {_DEFAULT_OPSET}; below 17 use --exporter legacy)")
     p.add_argument("--exporter", choices=_EXPORTERS, default="dynamo",
                    help="torch.export-based (default) or legacy TorchScript exporter")
     p.add_argument("--check", default=_GENERATED, metavar="IMAGES_DIR|generated",

@@ -152,6 +152,14 @@ def _run_exporter(graph: _EmbeddingGraph, example: torch.Tensor, out: Path, opse
         raise ValueError(f"unknown exporter '{exporter}'; choose one of {', '.join(EXPORTERS)}")
 
 
+def _check_opset(model: onnx.ModelProto, opset: int, exporter: str, path: Path) -> None:
+    """The dynamo exporter writes opset 18 and only warns when converting down fails: refuse that file."""
+    got = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if got != opset:
+        hint = "; the legacy exporter (--exporter legacy) writes opsets below 18 directly" if opset < 18 else ""
+        raise RuntimeError(f"{path}: asked for opset {opset} but the {exporter} exporter produced opset {got}{hint}")
+
+
 def _rename_insightface_decoys(model: onnx.ModelProto) -> None:
     """Prefix leading node names that insightface would read as in-graph normalisation."""
     prefixes = _INSIGHTFACE_SUB_PREFIXES + _INSIGHTFACE_MUL_PREFIXES
@@ -251,6 +259,7 @@ def export_onnx(
     with atomic_path(path) as tmp:
         _run_exporter(graph, example, tmp, opset, exporter)
         proto = onnx.load(str(tmp))
+        _check_opset(proto, opset, exporter, path)
         if simplify:
             proto = _simplify(proto, path)
         _rename_insightface_decoys(proto)
