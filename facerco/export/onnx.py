@@ -11,7 +11,8 @@ Exporter choice: torch 2.13 offers the ``torch.export`` (dynamo) exporter and th
 give a clean symbolic batch axis for these backbones; dynamo is the default because it is the supported path
 (the legacy one is deprecated) and its optimiser folds BatchNorm into the preceding Conv/Gemm. It is called
 with ``external_data=False`` so weights live inside the ``.onnx`` file (no ``.onnx.data`` side file). The
-legacy exporter (``exporter="legacy"``) is ~50x faster to run and is kept as a fallback.
+legacy exporter (``exporter="legacy"``) is ~50x faster to run and is kept as an option; it is also the one for
+opsets below 17, which dynamo cannot convert down to (it then keeps opset 18 and only logs: we refuse that file).
 
 fp16: the model is cast to half precision *in torch* with a float32 cast at the input and output, so the file
 holds fp16 weights and computes in fp16 while callers keep feeding and reading float32 (the exporter types
