@@ -245,3 +245,47 @@ def test_dlib_on_wild_synthetic_faces_within_measured_bound(tmp_path):
         errs.append(np.linalg.norm(_tf(estimate_transform(faces[0].landmarks), gt) - ARCFACE_TEMPLATE_112, axis=1))
     assert found >= 14
     assert np.median(np.max(errs, axis=1)) < 6.0
+
+
+def _fake_scrfd(path: Path, size: int = 64) -> None:
+    """A constant-output ONNX with SCRFD's 9 outputs (3 strides x score/bbox/kps, 2 anchors): one face at the
+    stride-16 anchor of row 2, column 1 (centre (16, 32)), distances in stride units."""
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    groups: dict[str, list] = {"score": [], "bbox": [], "kps": []}
+    for s in (8, 16, 32):
+        n = (size // s) ** 2 * 2
+        sc, bb, kp = np.zeros((n, 1), np.float32), np.ones((n, 4), np.float32), np.zeros((n, 10), np.float32)
+        if s == 16:
+            i = (2 * (size // s) + 1) * 2
+            sc[i], bb[i] = 0.9, [1.0, 1.0, 1.0, 1.5]
+            kp[i] = [-0.5, -0.3, 0.5, -0.3, 0.0, 0.2, -0.4, 0.7, 0.4, 0.7]
+        for k, arr in (("score", sc), ("bbox", bb), ("kps", kp)):
+            groups[k].append((f"{k}_{s}", arr))
+    nodes, outs = [], []
+    for k in ("score", "bbox", "kps"):
+        for name, arr in groups[k]:
+            nodes.append(h.make_node("Constant", [], [name], value=nh.from_array(arr, name + "_v")))
+            outs.append(h.make_tensor_value_info(name, TensorProto.FLOAT, list(arr.shape)))
+    inp = h.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, size, size])
+    model = h.make_model(h.make_graph(nodes, "fake_scrfd", [inp], outs), opset_imports=[h.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("insightface") is None, reason="insightface not installed")
+def test_insightface_backend_decodes_scrfd_outputs(tmp_path):
+    _fake_scrfd(tmp_path / "det.onnx")
+    det = create_detector("insightface", model_path=str(tmp_path / "det.onnx"))
+    [face] = det.detect(np.zeros((64, 64, 3), np.uint8))
+    np.testing.assert_allclose(face.box, [0, 16, 32, 56], atol=1e-4)
+    expected = np.array([[8, 27.2], [24, 27.2], [16, 35.2], [9.6, 43.2], [22.4, 43.2]])
+    np.testing.assert_allclose(face.landmarks, expected, atol=1e-4)
+    assert face.score == pytest.approx(0.9)
+    [face] = det.detect(np.zeros((128, 96, 3), np.uint8))  # resized by 0.5 into the 64x64 input: coordinates x2
+    np.testing.assert_allclose(face.landmarks, expected * 2, atol=1e-4)
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        create_detector("insightface", model_path=str(tmp_path / "missing.onnx"))
