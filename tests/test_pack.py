@@ -104,6 +104,8 @@ def test_cli_pack_inspect_make_bin(aligned, tmp_path, capsys):
     root, _ = aligned
     assert main(["pack", str(root), str(tmp_path / "ds"), "--no-progress"]) == 0
     assert "packed 5 images of 3 identities" in capsys.readouterr().out
+    assert main(["pack", str(root), str(tmp_path / "ds"), "--no-progress"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "ds"), "--out", str(tmp_path / "insp")]) == 0
     out = capsys.readouterr().out
     assert "images      5" in out and "identities  3" in out

@@ -12,15 +12,18 @@ __all__ = ["register"]
 def _pack(args: argparse.Namespace) -> int:
     from facerco.prep.pack import pack_folder
 
-    result = pack_folder(
-        args.aligned_dir,
-        args.out_dir,
-        size=args.size,
-        quality=args.quality,
-        workers=args.workers,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+    try:
+        result = pack_folder(
+            args.aligned_dir,
+            args.out_dir,
+            size=args.size,
+            quality=args.quality,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    except FileExistsError as exc:  # the CLI reports ValueErrors as one-line errors
+        raise ValueError(str(exc)) from exc
     print(
         f"packed {result.num_images} images of {result.num_identities} identities into {result.out_dir} "
         f"({result.copied} copied as-is, {result.reencoded} re-encoded; {result.image_size[0]}x{result.image_size[1]})"
