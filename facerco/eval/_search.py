@@ -208,11 +208,14 @@ def _scan_torch(
     with _full_fp32_matmul(), torch.inference_mode():
         p = torch.from_numpy(probes).to(device)
         merger = _TorchMerger(len(probes), k, device)
+        buf = torch.empty((len(probes), chunk_size), dtype=torch.float32, device=device)  # one (n, chunk) buffer
         for seg in segments:
             for ids, rows in store.chunks(seg, chunk_size):
                 d = torch.from_numpy(rows).to(device, non_blocking=True)
-                sims = p @ d.T
+                sims = buf if len(ids) == chunk_size else torch.empty((len(probes), len(ids)), device=device)
+                torch.mm(p, d.T, out=sims)
                 merger.update(sims, torch.from_numpy(ids).to(device))
+                del sims
                 if progress is not None:
                     progress.update(len(ids))  # type: ignore[attr-defined]
             out.append(merger.snapshot())
