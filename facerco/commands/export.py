@@ -28,7 +28,7 @@ def _load_backbone(path: str, arch: str | None) -> tuple[Any, dict[str, Any]]:
 
 def _print_parity(report: dict[str, Any], min_cosine: float) -> None:
     rows = report["per_image"]
-    print(f"parity on {report['num_images']} images ({report['threads']} threads): cosine and max |diff| per image")
+    print(f"parity on {report['num_images']} images (threads={report['threads']}): cosine and max |diff| per image")
     for row in rows[:_PRINT_ROWS]:
         flag = "" if row["cosine"] >= min_cosine else "  < goal"
         print(f"  {row['image']:<48} cos {row['cosine']:.7f}  max|diff| {row['max_abs_diff']:.3e}{flag}")
