@@ -271,3 +271,10 @@ def test_flip_coins_differ_between_workers(tmp_path):
     patterns = [[torch.equal(t, flipped) for t in batch] for batch in batches]
     assert patterns[0] != patterns[1]
     assert 20 < sum(patterns[0]) + sum(patterns[1]) < 60
+
+
+def test_normalize_matches_independent_formula_and_is_contiguous():
+    img = _image(9, 20)
+    t = normalize(img)
+    ref = (torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1) - 127.5) / 127.5
+    assert t.is_contiguous() and torch.equal(t, ref)

@@ -66,12 +66,22 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=interp)
 
 
+_HALF = np.float32(127.5)
+
+
 def normalize(img: np.ndarray) -> torch.Tensor:
-    """RGB uint8 HWC -> float32 CHW tensor (x - 127.5) / 127.5, the network input convention (ModelMeta mean/std)."""
+    """RGB uint8 HWC -> contiguous float32 CHW tensor (x - 127.5) / 127.5 (the ModelMeta mean/std convention).
+
+    Each channel is converted and shifted in one strided numpy pass straight into CHW order; measured faster than
+    torch's permute/float (whose result keeps the HWC layout and makes the batch ``stack`` a slow gather).
+    """
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"normalize expects an RGB uint8 (H, W, 3) array, got {img.dtype} {img.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()
-    return t.sub_(127.5).div_(127.5)
+    out = np.empty((3, img.shape[0], img.shape[1]), dtype=np.float32)
+    for c in range(3):
+        np.subtract(img[:, :, c], _HALF, out=out[c])
+    out /= _HALF
+    return torch.from_numpy(out)
 
 
 def normalize_batch(batch: torch.Tensor) -> torch.Tensor:
@@ -82,7 +92,8 @@ def normalize_batch(batch: torch.Tensor) -> torch.Tensor:
     """
     if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
         raise ValueError(f"normalize_batch expects a uint8 (N, H, W, 3) tensor, got {batch.dtype} {tuple(batch.shape)}")
-    return batch.permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5).contiguous()
+    # transpose while still uint8 (4x fewer bytes), then convert contiguous memory
+    return batch.permute(0, 3, 1, 2).contiguous().float().sub_(127.5).div_(127.5)
 
 
 class EvalTransform:
