@@ -225,10 +225,10 @@ def export_embeddings(
         return {**summary, "shards_skipped": summary["shards"]}
     plan = _Plan(out, fingerprint, shard_size, len(paths), overwrite)
     skipped, dim = 0, None
-    bar = _bar(plan.num_shards, progress)
     for i in range(plan.num_shards):
         if plan.done(i):
             skipped += 1
+            _note(progress, f"shard {i + 1}/{plan.num_shards}: already done, skipped")
         else:
             start, stop = plan.range(i)
             emb = extract_embeddings(embedder, _Slice(dataset, paths, start, stop), batch_size=batch_size,
@@ -239,10 +239,7 @@ def export_embeddings(
                 write_devkit_tree(emb, out, algo or "", keys[start:stop])
             _save_shard(plan.file(i), emb, with_features=fmt == "npy")
             dim = emb.emb.shape[1]
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            _note(progress, f"shard {i + 1}/{plan.num_shards}: images {start}-{stop - 1} written")
     dim = dim or _shard_dim(plan, fmt, out, algo, keys)
     files = _assemble_npy(plan, out, dtype, dim) if fmt == "npy" else [f"{len(paths)} devkit files *_{algo}.bin"]
     summary = {"fingerprint": fingerprint, "count": len(paths), "dim": int(dim), "format": fmt, "dtype": dtype,
@@ -261,9 +258,9 @@ def _shard_dim(plan: _Plan, fmt: str, out: Path, algo: str | None, keys: list[st
     return len(read_devkit_feature(out / devkit_name(keys[0], algo or "")))
 
 
-def _bar(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
+def _note(enabled: bool, message: str) -> None:
+    """One line per shard, printed between the extractor's per-image progress bars."""
+    if enabled:
+        from tqdm import tqdm
 
-    return tqdm(total=total, unit="shard", desc="export embeddings")
+        tqdm.write(message)
