@@ -177,3 +177,13 @@ def test_far_count_and_errors():
         ident.evaluate_identification(np.eye(3, dtype=np.float32), np.arange(3), np.eye(3, dtype=np.float32),
                                       progress=False)
     assert math.isclose(ident._gamma(512), 512 * 2**-24, rel_tol=1e-3)
+
+
+def test_protocol_modules_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, facerco.eval.verification, facerco.eval.identification, facerco.eval.report; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

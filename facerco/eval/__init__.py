@@ -1,1 +1,12 @@
-"""facerco.eval."""
+"""facerco.eval: features, verification, MegaFace-style identification and reports.
+
+- :mod:`facerco.eval.features`: the one flip-fused, L2-normalized extractor (models, checkpoints, ONNX; folders,
+  ``.rec``, lists, ``.bin``), ``.npy`` + index files and MegaFace devkit feature files.
+- :mod:`facerco.eval.verification`: the exact 10-fold protocol (numpy); ``verify_bin`` / ``verify_pairs``.
+- :mod:`facerco.eval.identification`: exact streaming 1:N identification (rank-1, CMC, TAR@FAR) with torch or
+  faiss backends (numpy at import time; torch/faiss loaded when searching).
+- :mod:`facerco.eval.report`: report.json + report.md + ROC/CMC plots.
+
+Submodules are imported explicitly (``from facerco.eval.verification import ...``) so that importing the numeric
+protocol does not import torch.
+"""
