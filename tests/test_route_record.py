@@ -105,12 +105,30 @@ def test_teacher_route_lists_every_checkpoint_and_detects_tampering(tmp_path, ca
     assert cli_main(["route", "show", str(run), "--verify", "--no-plot"]) == 1  # tampered file reported
 
 
+def write_val_bin(faces: Path, path: Path) -> Path:
+    """An insightface .bin of 10 matched + 10 mismatched pairs over write_faces' images."""
+    from facerco.data.bins import write_bin
+
+    images, issame = [], []
+    for f in range(10):
+        a, b = f"id{f % 6:02d}", f"id{(f + 1) % 6:02d}"
+        for (n1, k1), (n2, k2), same in (((a, 1), (a, 2), True), ((a, 1), (b, 1), False)):
+            images += [(faces / n / f"{n}_{k:04d}.jpg").read_bytes() for n, k in ((n1, k1), (n2, k2))]
+            issame.append(same)
+    write_bin(path, images, issame)
+    return path
+
+
 def test_keep_every_k_writes_only_kept_points(tmp_path):
-    cfg = teacher_cfg(tmp_path, train={"epochs": 3, "checkpoint_every_steps": 0},
-                      route={"keep": "every_k", "keep_every": 2, "save_classifier": False})
+    val_bin = write_val_bin(write_faces(tmp_path / "faces"), tmp_path / "toy.bin")
+    cfg = teacher_cfg(tmp_path, train={"epochs": 3, "checkpoint_every_steps": 0, "val_every_epochs": 2.0},
+                      route={"keep": "every_k", "keep_every": 2, "save_classifier": False},
+                      data={"val_bins": [str(val_bin)]})
     train_teacher(cfg)
     route = load_route(tmp_path / "run")
     assert route.names() == ["epoch_002", "epoch_003"] and route.final == "epoch_003"
+    # .bin verification runs when due (every 2 epochs) and always at the last step
+    assert set(route.points[0].val) >= {"toy/accuracy", "toy/tar@far=0.001"} and "toy/accuracy" in route.points[1].val
     assert sorted(p.name for p in (tmp_path / "run" / "route").iterdir()) == ["epoch_002.safetensors",
                                                                               "epoch_003.safetensors"]
     assert route.load_point("epoch_002").classifier is None
