@@ -79,7 +79,7 @@ def _contact_sheet(ds, counts: np.ndarray, identities: int, per_identity: int, t
     ax.imshow(grid)
     ax.set_yticks([(r + 0.5) * tile for r in range(len(chosen))], names, fontsize=7)
     ax.set_xticks([])
-    ax.set_title(f"{len(chosen)} identities x up to {per_identity} images (label, image count)", fontsize=8)
+    ax.set_title(f"{len(chosen)} identities x up to {per_identity} images (identity, image count)", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
