@@ -48,8 +48,18 @@ __all__ = [
     "CachedAnchors",
     "StudentTask",
     "GateCallback",
+    "ProbeContext",
+    "DistillResult",
     "plan_anchors",
+    "build_plan",
+    "prepare_plan",
+    "run_distill",
+    "build_student",
+    "build_validator",
+    "open_train_dataset",
     "teacher_logits",
+    "read_congruence",
+    "plot_congruence",
 ]
 
 
@@ -233,14 +243,20 @@ class StudentTask(TrainTask):
         total = zero
         device_type = emb.device.type
         need_teacher = d.mimic_weight > 0 or self.kd is not None or self.hint is not None
+        congruence = need_teacher and self._wants_congruence(step)
+        target = final_t = t_feat = None
+        if need_teacher:  # anchors run under the ambient autocast (fast on GPU); losses below run in fp32
+            target = self.anchors.embeddings(anchor, images, keys).float()
+            t_feat = getattr(self.anchors, "last_features", None)
+            if congruence and anchor != self.final_anchor:
+                final_t = self.anchors.embeddings(self.final_anchor, images, keys).float()
         with self.full_precision(device_type):
             emb32 = emb.float()
             if d.arcface_weight > 0 and self.head is not None:
                 arc = self.head(emb32, labels)
                 parts["arcface"] = arc.detach()
                 total = total + d.arcface_weight * arc
-            if need_teacher:
-                target = self.anchors.embeddings(anchor, images, keys)
+            if target is not None:
                 mimic = self.mimic(emb32, target)
                 parts["mimic"] = mimic.detach()
                 if d.mimic_weight > 0:
@@ -250,23 +266,20 @@ class StudentTask(TrainTask):
                     if weight is None:
                         raise ValueError(f"KD needs the classifier of anchor {anchor!r}; the route point has none "
                                          "(record the route with route.save_classifier=true)")
-                    kd = self.kd(self.head.logits(emb32), teacher_logits(target, weight, self.scale))  # type: ignore[union-attr]
+                    student_logits = self.head.logits(emb32)  # type: ignore[union-attr]
+                    kd = self.kd(student_logits, teacher_logits(target, weight, self.scale))
                     parts["kd"] = kd.detach()
                     total = total + d.kd_weight * kd
-                if self.hint is not None and self._student_hooks is not None:
-                    t_feat = getattr(self.anchors, "last_features", None)
+                if self.hint is not None and self._student_hooks is not None and t_feat is not None:
                     s_feat = self._student_hooks.features[d.hint_student_layer]
                     hint = self.hint(s_feat.float(), t_feat.float())
                     parts["hint"] = hint.detach()
                     total = total + d.hint_weight * hint
-                if self._wants_congruence(step):
+                if congruence:
                     with torch.no_grad():
                         parts["cong_anchor"] = mimic.detach()
-                        if anchor == self.final_anchor:
-                            parts["cong_final"] = mimic.detach()
-                        else:
-                            final_t = self.anchors.embeddings(self.final_anchor, images, keys)
-                            parts["cong_final"] = self.mimic(emb32.detach(), final_t).detach()
+                        parts["cong_final"] = (mimic.detach() if final_t is None
+                                               else self.mimic(emb32.detach(), final_t).detach())
         parts["stage"] = torch.tensor(float(self.plan.stage_at(step).index), device=emb.device)
         parts["loss"] = total
         return parts
@@ -286,6 +299,12 @@ class GateCallback(Callback):
         self.points = points
         self.metric = metric
         self.decisions: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decisions": json.dumps(self.decisions)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decisions = json.loads(state.get("decisions", "[]"))
 
     def on_step_end(self, engine: Engine, step: int, parts: dict[str, float]) -> None:
         plan = self.task.plan
@@ -434,9 +453,6 @@ def build_plan(cfg: Config, points: list[PointInfo], steps_per_epoch: int, total
     return anchor_plan, stage_plan
 
 
-def points_of(route: Any) -> list[PointInfo]:
-    """Route points usable as anchors (up to the final one)."""
-    return route_points(route)
 
 
 # --------------------------------------------------------------------------------------------------------------------
