@@ -204,3 +204,7 @@ def test_synth_command_writes_folder(tmp_path: Path):
 
     assert main(["synth", str(tmp_path / "s"), "--identities", "2", "--images", "1", "--seed", "4"]) == 0
     assert set(read_landmarks_csv(tmp_path / "s" / "landmarks.csv")) == {"00000/0000.jpg", "00001/0000.jpg"}
+    argv = ["synth", str(tmp_path / "w"), "--identities", "1", "--images", "1", "--wild", "--wild-size", "160x128",
+            "--distractors"]
+    assert main(argv) == 0
+    assert cv2.imread(str(tmp_path / "w" / "d00000" / "0000.jpg")).shape == (128, 160, 3)

@@ -15,13 +15,21 @@ def _progress(it: Iterable, total: int) -> Iterable:
     return tqdm(it, total=total, unit="id", desc="synth", dynamic_ncols=True)
 
 
+def _wild_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 320x240, got {text!r}") from None
+    return w, h
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.difficulty < 0:
         raise ValueError(f"--difficulty must be >= 0, got {args.difficulty}")
     csv_path = write_identity_folder(
         args.out, args.identities, args.images, seed=args.seed, wild=args.wild, distractors=args.distractors,
         first_identity=args.first_identity, nuisance=Nuisance().scaled(args.difficulty), size=args.size,
-        workers=args.workers, progress=_progress,
+        wild_size=args.wild_size, workers=args.workers, progress=_progress,
     )
     kind = "distractor identities" if args.distractors else "identities"
     print(f"wrote {args.identities} {kind} x {args.images} images to {args.out} (landmarks: {csv_path})")
@@ -39,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", type=int, required=True, help="images per identity")
     parser.add_argument("--seed", type=int, default=0, help="base seed (same seed, same bytes)")
     parser.add_argument("--wild", action="store_true", help="cluttered scenes instead of aligned crops")
+    parser.add_argument("--wild-size", type=_wild_size, default=(320, 240), metavar="WxH",
+                        help="scene size for --wild (default 320x240)")
     parser.add_argument("--distractors", action="store_true",
                         help="draw identities from the distractor stream (disjoint from regular identities)")
     parser.add_argument("--first-identity", type=int, default=0, help="index of the first identity written")
