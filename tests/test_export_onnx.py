@@ -147,7 +147,8 @@ def test_fp16_weights_float32_io_and_parity(tiny: nn.Module, tiny_onnx: fx.OnnxE
     x = fx.normalize_batch(fx.generated_images(7, (112, 112)))
     got = fx.ort_session(info.path, threads=1).run(None, {"data": x})[0]
     assert got.dtype == np.float32
-    assert _cosine(_torch_emb(tiny, x), got).min() >= 0.999
+    assert _cosine(_torch_emb(tiny, x), got).min() >= 0.9999  # measured 0.99999+ on real checkpoints too
+    _insightface_matches(tiny, info.path)  # float32 I/O: insightface feeds float32 blobs unchanged
 
 
 def test_check_parity_report_and_its_power(tiny: nn.Module, tiny_onnx: fx.OnnxExportInfo) -> None:
