@@ -94,7 +94,9 @@ def test_uint8_output_and_normalize_batch_match_float_path():
     raw = [TrainTransform(size=24, output="uint8")(im) for im in imgs]
     assert raw[0].dtype == torch.uint8 and raw[0].shape == (24, 24, 3)
     assert torch.equal(normalize_batch(torch.stack(raw)), torch.stack(floats))
-    assert normalize_batch(torch.stack(raw)).is_contiguous()
+    assert normalize_batch(torch.stack(raw)).is_contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(3, 4, 3)
+    assert torch.allclose(conv(normalize_batch(torch.stack(raw))), conv(torch.stack(floats)), atol=1e-5)
     with pytest.raises(ValueError, match="uint8"):
         normalize_batch(torch.stack(floats))
     with pytest.raises(ValueError, match="output"):
