@@ -6,6 +6,7 @@ import csv
 import hashlib
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,10 @@ def test_align_tree_mirrors_reports_and_resumes(tmp_path, workers):
         "id1/img5.jpg",
     ]
     assert read_image(dst / "id0/img0.jpg").shape == (112, 112, 3)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (dst / "id0/img0.jpg").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+    assert not list(dst.rglob("*.tmp"))
     report = read_report(dst / REPORT_NAME)
     assert report["id1/noface.png"]["failure_reason"] == "no_face"
     assert report["id0/broken.jpg"]["failure_reason"].startswith("unreadable")

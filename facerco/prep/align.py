@@ -23,7 +23,6 @@ import cv2
 import numpy as np
 
 from facerco.prep.detectors import SELECT_POLICIES, Detector, DetectorSpec, Face, select_faces
-from facerco.utils.io import atomic_path
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
@@ -141,11 +140,37 @@ def encode_image(rgb: np.ndarray, suffix: str = ".jpg", quality: int = 95) -> by
     return buf.tobytes()
 
 
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def write_bytes_public(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write-then-rename, so a killed job never leaves a truncated image that a resume would skip.
+
+    Unlike ``facerco.utils.io.atomic_path`` there is no fsync (millions of small crops; a process kill, not a power
+    cut, is what resuming must survive) and the file gets ordinary permissions instead of mkstemp's private 0600.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def write_image(path: str | os.PathLike[str], rgb: np.ndarray, quality: int = 95) -> None:
     """Atomically write an RGB image; the format follows the file suffix."""
-    data = encode_image(rgb, Path(path).suffix, quality)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    write_bytes_public(path, encode_image(rgb, Path(path).suffix, quality))
 
 
 @dataclass

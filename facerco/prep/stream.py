@@ -22,9 +22,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facerco.prep.align import REPORT_NAME, _open_report, align_image, decode_to_rgb, read_report, write_image
+from facerco.prep.align import (
+    REPORT_NAME,
+    _open_report,
+    align_image,
+    decode_to_rgb,
+    read_report,
+    write_bytes_public,
+    write_image,
+)
 from facerco.prep.detectors import Detector, DetectorSpec
-from facerco.utils.io import atomic_write_bytes
 
 __all__ = ["StreamItem", "align_stream", "finished_keys", "hint_to_box"]
 
@@ -113,7 +120,7 @@ def _work(item: StreamItem) -> list[str]:
         return [item.key, "0", "", f"unreadable: {exc}", "", ""]
     try:
         if detector is None:  # extract only: keep the stored bytes
-            atomic_write_bytes(Path(job.dst) / item.key, raw)
+            write_bytes_public(Path(job.dst) / item.key, raw)
             return [item.key, "", "", "", item.key, ""]
         res = align_image(
             image,

@@ -118,6 +118,9 @@ class DlibDetector(Detector):
         predictor_path: explicit ``.dat`` file; otherwise located with :func:`find_dlib_model`.
         threshold: dlib's ``adjust_threshold``; raise it for fewer false positives.
         use_hint: when nothing is detected and a hint box is given, run the shape predictor inside the hint.
+        max_side: images larger than this (pixels, longest side) are shrunk for the HOG pass only -- an upsampled
+            multi-megapixel photo would take seconds and gigabytes; landmarks are still fitted at full resolution.
+            0 disables.
     """
 
     name = "dlib"
@@ -129,6 +132,7 @@ class DlibDetector(Detector):
         predictor_path: str | None = None,
         threshold: float = 0.0,
         use_hint: bool = True,
+        max_side: int = 1024,
     ) -> None:
         points = str(points)
         if points not in MODEL_FILES:
@@ -144,6 +148,7 @@ class DlibDetector(Detector):
         self.points = points
         self.threshold = float(threshold)
         self.use_hint = use_hint
+        self.max_side = int(max_side)
         self.predictor_path = find_dlib_model(MODEL_FILES[points], predictor_path)
         self._hog = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(str(self.predictor_path))
@@ -154,8 +159,22 @@ class DlibDetector(Detector):
         return landmarks_from_68(pts) if self.points == "68" else landmarks_from_5(pts)
 
     def detect_boxes(self, image: np.ndarray) -> tuple[list, list[float]]:
-        """HOG only: dlib rectangles and scores (for benchmarks and box-level tests)."""
+        """HOG only: dlib rectangles (in ``image`` pixels) and scores."""
+        h, w = image.shape[:2]
+        scale = 1.0
+        if self.max_side and max(h, w) > self.max_side:
+            import cv2
+
+            scale = self.max_side / max(h, w)
+            image = cv2.resize(
+                image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+            )
         rects, scores, _ = self._hog.run(np.ascontiguousarray(image), self.upsample, self.threshold)
+        if scale != 1.0:
+            rects = [
+                self._dlib.rectangle(*(int(round(v / scale)) for v in (r.left(), r.top(), r.right(), r.bottom())))
+                for r in rects
+            ]
         return list(rects), [float(s) for s in scores]
 
     def detect(self, image: np.ndarray, *, key: str | None = None, hint: np.ndarray | None = None) -> list[Face]:
