@@ -1,0 +1,29 @@
+"""`facerco demo`: the whole RCO chain on generated faces, on a CPU, in minutes."""
+
+from __future__ import annotations
+
+import argparse
+
+from facerco.commands._common import add_debug_arg
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from facerco.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, seed=args.seed)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run the whole chain on generated faces (align, pack, teacher+route, RCO student, eval, ONNX)",
+        description="Generated in-the-wild faces -> align -> pack -> teacher with route -> students (scratch, "
+        "mimic-final, RCO one-stage EEIS) -> verification + 1:N identification -> ONNX export. "
+        "A rerun resumes where the last one stopped.",
+    )
+    parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    parser.add_argument("--quick", action="store_true", help="smoke size for CI (about 2 minutes)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data generation and training")
+    add_debug_arg(parser)
+    parser.set_defaults(func=_demo)

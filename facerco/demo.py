@@ -1,0 +1,295 @@
+"""`facerco demo`: the whole chain on generated faces, on a CPU, in minutes.
+
+In-the-wild scenes -> align (landmarks backend) -> pack (.rec) -> teacher with a recorded route -> students
+(scratch, mimic of the final teacher, RCO one-stage EEIS) -> verification and 1:N identification with generated
+distractors -> ONNX export with a parity check -> one table and plots in the output folder.
+
+Every stage writes files a person can open, and every stage is resumable: a rerun skips what is finished
+(aligned images, packed data, route points, student runs, reports).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facerco.utils.io import atomic_write_text, read_json, write_json
+
+__all__ = ["DemoScale", "SCALES", "run_demo"]
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "demo"
+STUDENT_VARIANTS = ("scratch", "mimic_final", "rco_eeis_one")
+
+
+@dataclass(frozen=True)
+class DemoScale:
+    """How much data and training the demo uses; `quick` is the CI smoke size."""
+
+    train_identities: int
+    train_images: int
+    test_identities: int
+    test_images: int
+    distractors: int
+    pairs: int  # verification pairs (half genuine)
+    teacher_epochs: float
+    student_epochs: float
+    milestones: tuple[float, float]
+
+
+SCALES: dict[str, DemoScale] = {
+    "full": DemoScale(train_identities=150, train_images=16, test_identities=40, test_images=8, distractors=2000,
+                      pairs=600, teacher_epochs=8, student_epochs=6, milestones=(4.0, 6.0)),
+    "quick": DemoScale(train_identities=24, train_images=6, test_identities=10, test_images=4, distractors=200,
+                       pairs=100, teacher_epochs=2, student_epochs=2, milestones=(1.0, 1.5)),
+}
+
+
+def _stage(name: str) -> Callable[[str], None]:
+    start = time.perf_counter()
+    print(f"\n== demo: {name}", flush=True)
+
+    def done(detail: str = "") -> None:
+        print(f"== demo: {name} done in {time.perf_counter() - start:.1f}s {detail}".rstrip(), flush=True)
+
+    return done
+
+
+def make_faces(root: Path, scale: DemoScale, seed: int) -> dict[str, Path]:
+    """Generated identities: wild scenes for training and test, aligned crops for the distractors."""
+    from facerco.data.synthetic import write_identity_folder
+
+    done = _stage("generate faces")
+    out = {"train_wild": root / "wild_train", "test_wild": root / "wild_test", "distractors": root / "distractors"}
+    jobs = [
+        (out["train_wild"], {"num_identities": scale.train_identities, "images_per_identity": scale.train_images,
+                             "wild": True}),
+        (out["test_wild"], {"num_identities": scale.test_identities, "images_per_identity": scale.test_images,
+                            "wild": True, "first_identity": scale.train_identities}),
+        (out["distractors"], {"num_identities": scale.distractors, "images_per_identity": 1, "distractors": True}),
+    ]
+    for folder, kwargs in jobs:
+        if not (folder / "landmarks.csv").is_file():  # the CSV is written last: its presence marks a full folder
+            write_identity_folder(folder, seed=seed, workers=2, **kwargs)
+    done(f"({scale.train_identities}+{scale.test_identities} identities, {scale.distractors} distractors)")
+    return out
+
+
+def align_faces(faces: dict[str, Path], root: Path) -> dict[str, Path]:
+    """Align the wild scenes with the landmarks backend (the generator's ground-truth points)."""
+    from facerco.prep.align import align_tree
+    from facerco.prep.detectors import DetectorSpec
+
+    done = _stage("align (landmarks backend, ArcFace template)")
+    out = {}
+    for key in ("train_wild", "test_wild"):
+        dst = root / key.replace("_wild", "_aligned")
+        spec = DetectorSpec("landmarks", {"path": str(faces[key] / "landmarks.csv")})
+        align_tree(faces[key], dst, spec, workers=2, fmt="jpg")
+        out[key.replace("_wild", "")] = dst
+    done()
+    return out
+
+
+def pack_train(aligned: Path, dataset: Path) -> Path:
+    """Pack the aligned training identities into an insightface RecordIO dataset."""
+    from facerco.prep.pack import pack_folder
+
+    done = _stage("pack train.rec")
+    if not (dataset / "property").is_file():
+        pack_folder(aligned, dataset)
+    done(f"-> {dataset}")
+    return dataset
+
+
+def _identity_images(root: Path) -> list[tuple[int, Path]]:
+    people = sorted(p for p in root.iterdir() if p.is_dir())
+    return [(label, img) for label, person in enumerate(people) for img in sorted(person.glob("*.jpg"))]
+
+
+def make_verification_bin(test_aligned: Path, out: Path, pairs: int, seed: int) -> Path:
+    """An insightface .bin of held-out identities: half genuine pairs, half impostor pairs, seeded."""
+    from facerco.data.bins import write_bin
+
+    if out.is_file():
+        return out
+    rng = random.Random(seed)
+    items = _identity_images(test_aligned)
+    by_id: dict[int, list[Path]] = {}
+    for label, path in items:
+        by_id.setdefault(label, []).append(path)
+    ids = [i for i, paths in by_id.items() if len(paths) >= 2]
+    if len(ids) < 2:
+        raise RuntimeError(f"{test_aligned}: need at least two identities with two aligned images for pairs")
+    images: list[bytes] = []
+    issame: list[bool] = []
+    for k in range(pairs):
+        if k % 2 == 0:
+            a, b = rng.sample(by_id[rng.choice(ids)], 2)
+        else:
+            i, j = rng.sample(ids, 2)
+            a, b = rng.choice(by_id[i]), rng.choice(by_id[j])
+        images += [a.read_bytes(), b.read_bytes()]
+        issame.append(k % 2 == 0)
+    write_bin(out, images, issame)
+    return out
+
+
+def train_teacher_stage(dataset: Path, val_bin: Path, run: Path, scale: DemoScale, seed: int) -> Path:
+    from facerco.config import load_config
+    from facerco.train.teacher import train_teacher
+
+    done = _stage("teacher with route")
+    cfg = load_config(CONFIG_DIR / "teacher.yaml", [
+        f"data.train={dataset}", f"data.val_bins=[{val_bin}]", f"train.output={run}", f"train.seed={seed}",
+        f"train.epochs={scale.teacher_epochs}", f"schedule.milestones={list(scale.milestones)}",
+    ])
+    if not _finished(run):
+        train_teacher(cfg)
+    done(f"-> {run}/route.json")
+    return run
+
+
+def _finished(run: Path) -> bool:
+    """A teacher run is complete when its route marks the final point."""
+    manifest = run / "route.json"
+    if not manifest.is_file():
+        return False
+    return read_json(manifest).get("final") is not None
+
+
+def train_students(dataset: Path, val_bin: Path, teacher: Path, out: Path, scale: DemoScale, seed: int
+                   ) -> dict[str, Any]:
+    """Scratch, mimic-final and RCO one-stage EEIS: same student, data and budget."""
+    from facerco.train.compare import builtin_variants, run_compare
+
+    done = _stage("students: scratch, mimic final teacher, RCO one-stage EEIS")
+    variants = builtin_variants(CONFIG_DIR / "student.yaml", [
+        f"data.train={dataset}", f"data.val_bins=[{val_bin}]", f"distill.teacher_run={teacher}",
+        f"train.epochs={scale.student_epochs}",
+    ], names=STUDENT_VARIANTS)
+    table = run_compare(variants, [seed], out)
+    done(f"-> {out}/compare.md")
+    return table
+
+
+def evaluate_models(models: dict[str, Path], val_bin: Path, test_aligned: Path, distractors: Path, out: Path
+                    ) -> dict[str, Any]:
+    """Verification on the held-out .bin and 1:N identification against the generated distractors."""
+    from facerco.eval.features import extract_embeddings
+    from facerco.eval.identification import evaluate_identification
+    from facerco.eval.report import write_report
+    from facerco.eval.verification import verify_bin
+
+    done = _stage("evaluate: verification + 1:N identification")
+    verification: dict[str, dict[str, Any]] = {}
+    identification: dict[str, Any] = {}
+    for name, ckpt in models.items():
+        verification[name] = {val_bin.stem: verify_bin(ckpt, val_bin, batch_size=128, device="cpu")}
+        probes = extract_embeddings(ckpt, test_aligned, batch_size=128, device="cpu", progress=False)
+        gallery = extract_embeddings(ckpt, distractors, batch_size=128, device="cpu", progress=False)
+        identification[name] = evaluate_identification(
+            probes.emb, np.asarray(probes.labels), gallery.emb, fars=(1e-4, 1e-3), backend="auto", progress=False)
+    paths = write_report(out, verification, identification, meta={"source": "facerco demo (generated faces)"})
+    done(f"-> {paths['md']}")
+    return {"verification": verification, "identification": identification, "paths": {k: str(v) for k, v in
+                                                                                        paths.items()}}
+
+
+def export_student(ckpt: Path, out: Path, check_dir: Path) -> dict[str, Any]:
+    """ONNX export of the RCO student and a torch-vs-onnxruntime parity check on aligned test faces."""
+    from facerco.export.onnx import check_parity, export_onnx, load_check_images
+    from facerco.models.checkpoint import load_model
+
+    done = _stage("export ONNX + parity check")
+    model = load_model(ckpt).model
+    onnx_path = out / "student.onnx"
+    export_onnx(model, onnx_path)
+    images, names = load_check_images(check_dir, tuple(model.meta.input_size), limit=32)
+    parity = check_parity(model, onnx_path, images, names, batch_sizes=(1, 16), repeats=3)
+    write_json(out / "student.onnx.parity.json", parity)
+    done(f"-> {onnx_path}")
+    return parity
+
+
+def _summary_rows(models: dict[str, Path], evaluation: dict[str, Any], bin_name: str) -> list[dict[str, Any]]:
+    from facerco.models.checkpoint import load_model
+
+    rows = []
+    for name, ckpt in models.items():
+        ver = evaluation["verification"][name][bin_name]
+        ident = evaluation["identification"][name]
+        largest = max(ident["sizes"], key=lambda s: int(s["size"]))
+        params = sum(p.numel() for p in load_model(ckpt).model.parameters())
+        rows.append({"model": name, "params_M": params / 1e6, "ver_acc": ver["accuracy"],
+                     "ver_std": ver["accuracy_std"], "rank1": largest["rank1"], "distractors": int(largest["size"])})
+    return rows
+
+
+def _markdown(rows: list[dict[str, Any]], parity: dict[str, Any], seconds: float) -> str:
+    lines = ["# facerco demo (generated faces)", "",
+             "| model | params | verification acc % | rank-1 % (distractors) |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['params_M']:.2f}M | {100 * r['ver_acc']:.2f} ± {100 * r['ver_std']:.2f} "
+                     f"| {100 * r['rank1']:.2f} ({r['distractors']}) |")
+    cos = parity["summary"]["min_cosine"]
+    lines += ["", f"ONNX parity (RCO student, {parity['num_images']} images): min cosine {cos:.6f}", "",
+              f"Total time {seconds / 60:.1f} min. Plots: eval/roc.png, eval/cmc.png, students/compare.md, "
+              "teacher/route.png."]
+    return "\n".join(lines) + "\n"
+
+
+def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Run (or resume) the whole demo into ``out``; returns the summary dict also written as summary.json."""
+    start = time.perf_counter()
+    scale = SCALES["quick" if quick else "full"]
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(root / "scale.json", scale.__dict__)
+    faces = make_faces(root / "data", scale, seed)
+    aligned = align_faces(faces, root / "data")
+    dataset = pack_train(aligned["train"], root / "data" / "train_rec")
+    val_bin = make_verification_bin(aligned["test"], root / "data" / "heldout.bin", scale.pairs, seed)
+    teacher = train_teacher_stage(dataset, val_bin, root / "teacher", scale, seed)
+    _route_plot(teacher)
+    table = train_students(dataset, val_bin, teacher, root / "students", scale, seed)
+    models = _models(teacher, root / "students", seed)
+    evaluation = evaluate_models(models, val_bin, aligned["test"], faces["distractors"], root / "eval")
+    parity = export_student(models["rco_eeis_one"], root / "export", aligned["test"])
+    rows = _summary_rows(models, evaluation, val_bin.stem)
+    seconds = time.perf_counter() - start
+    summary = {"scale": "quick" if quick else "full", "seconds": seconds, "rows": rows,
+               "compare": table.get("rows", []), "onnx_parity": parity}
+    write_json(root / "summary.json", summary)
+    text = _markdown(rows, parity, seconds)
+    atomic_write_text(root / "summary.md", text)
+    print("\n" + text, flush=True)
+    return summary
+
+
+def _models(teacher: Path, students: Path, seed: int) -> dict[str, Path]:
+    from facerco.route.io import load_route
+
+    route = load_route(teacher)
+    models = {"teacher": teacher / route.point("final").file}
+    for name in STUDENT_VARIANTS:
+        models[name] = students / name / f"seed{seed}" / "student.safetensors"
+    return models
+
+
+def _route_plot(teacher: Path) -> None:
+    """The route's validation metrics as a PNG (the same plot as `facerco route show`)."""
+    from facerco.route.io import load_route, plot_route
+
+    plot_route(load_route(teacher), teacher / "route.png")
+
+
+def main_json(path: str | Path) -> str:
+    """Pretty JSON of a finished demo summary (used by tests and the CLI's --show)."""
+    return json.dumps(read_json(path), indent=2)
