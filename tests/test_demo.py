@@ -1,0 +1,33 @@
+"""`facerco demo --quick`: the whole chain runs end to end, writes its table, and a rerun resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from facerco.cli import main
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_and_resumes(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["model"] for r in summary["rows"]] == ["teacher", "scratch", "mimic_final", "rco_eeis_one"]
+    for row in summary["rows"]:
+        assert 0.0 <= row["ver_acc"] <= 1.0 and 0.0 <= row["rank1"] <= 1.0
+        assert row["distractors"] == 200
+    student = next(r for r in summary["rows"] if r["model"] == "rco_eeis_one")
+    assert 0.75e6 < student["params_M"] * 1e6 < 0.85e6
+    assert summary["onnx_parity"]["summary"]["min_cosine"] >= 0.9999
+    for name in ("summary.md", "eval/report.md", "eval/cmc.png", "eval/roc.png", "teacher/route.json",
+                 "teacher/route.png", "students/compare.md", "export/student.onnx", "data/train_rec/train.rec"):
+        assert (out / name).is_file(), name
+    # A rerun finds every stage finished: the route and the student checkpoints are not rewritten.
+    route_mtime = (out / "teacher" / "route.json").stat().st_mtime_ns
+    ckpt = out / "students" / "rco_eeis_one" / "seed0" / "student.safetensors"
+    ckpt_mtime = ckpt.stat().st_mtime_ns
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert (out / "teacher" / "route.json").stat().st_mtime_ns == route_mtime
+    assert ckpt.stat().st_mtime_ns == ckpt_mtime
