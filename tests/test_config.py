@@ -13,7 +13,7 @@ def _write(path, text):
 
 
 def test_defaults_file_then_overrides(tmp_path):
-    base = _write(tmp_path / "base.yaml", "optim:\n  lr: 0.2\ntrain:\n  epochs: 3\n")
+    _write(tmp_path / "base.yaml", "optim:\n  lr: 0.2\ntrain:\n  epochs: 3\n")
     child = _write(tmp_path / "child.yaml", "_base_: base.yaml\ntrain:\n  batch_size: 16\n")
     cfg = load_config(child, ["optim.lr=0.05", "model.name=mbf_0.8m"])
     assert isinstance(cfg, Config)
