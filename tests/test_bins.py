@@ -28,6 +28,8 @@ def test_python3_pickles_of_every_protocol(tmp_path, protocol):
     (tmp_path / "a.bin").write_bytes(pickle.dumps((IMAGES, [False, True]), protocol=protocol))
     images, issame = read_bin(tmp_path / "a.bin")
     assert images == IMAGES and issame.tolist() == [False, True]
+    (tmp_path / "e.bin").write_bytes(pickle.dumps(([b"", b"x"], [True]), protocol=protocol))  # empty: bytes()
+    assert read_bin(tmp_path / "e.bin")[0] == [b"", b"x"]
 
 
 def _py2_string(data: bytes) -> bytes:

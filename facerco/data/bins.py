@@ -2,9 +2,9 @@
 
 A ``.bin`` is a pickle of ``(bins, issame_list)``: 2·P encoded images (pair k is images 2k and 2k+1) and P bools.
 Pickles can run code, so reading goes through an unpickler that builds only bytes, str, bool, int, float, None,
-lists and tuples and refuses every global (class or function) except ``_codecs.encode(text, "latin1")``, which is
-how Python 3 writes ``bytes`` into protocol-2 pickles. Python 2 pickles are read with ``encoding="bytes"`` so that
-their ``str`` images come back as bytes.
+lists and tuples and refuses every global (class or function) except ``_codecs.encode(text, "latin1")`` and
+``bytes()``, which is how Python 3 writes ``bytes`` (and empty ``bytes``) into protocol-2 pickles. Python 2 pickles
+are read with ``encoding="bytes"`` so that their ``str`` images come back as bytes.
 """
 
 from __future__ import annotations
@@ -34,12 +34,21 @@ def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -
     return text.encode("latin1")
 
 
+def _empty_bytes(*args: object) -> bytes:
+    """``bytes()``: how protocol-2 pickles write an empty ``bytes``; anything but no argument is refused."""
+    if args:
+        raise pickle.UnpicklingError("bytes(...) allowed only without arguments (an empty image)")
+    return b""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Builds plain data only; any class or function reference raises UnpicklingError naming it."""
 
     def find_class(self, module: str, name: str) -> object:
         if module in ("_codecs", "codecs") and name == "encode":
             return _latin1_encode
+        if module in ("__builtin__", "builtins") and name == "bytes":
+            return _empty_bytes
         raise pickle.UnpicklingError(
             f"refusing to load global '{module}.{name}': a .bin may contain only bytes, str, bool, int, list and tuple"
         )
