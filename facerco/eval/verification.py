@@ -117,54 +117,52 @@ def evaluate_verification(
 # Model-level helpers (used by `facerco eval verify` and the training engine)
 # ---------------------------------------------------------------------------------------------------------------
 
-_BIN_CACHE: OrderedDict[tuple[str, float, int], tuple[Any, np.ndarray]] = OrderedDict()
-_BIN_CACHE_BYTES = 2 << 30
+_CACHE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+_CACHE_BYTES = 2 << 30
 
 
-def _decoded_bin(path: Path, size: tuple[int, int]) -> tuple[Any, np.ndarray]:
-    """Decoded, resized uint8 images of a .bin and its labels, cached (LRU, bounded) for repeated validation."""
-    key = (str(path.resolve()), path.stat().st_mtime, size[0] * 10000 + size[1])
-    if key in _BIN_CACHE:
-        _BIN_CACHE.move_to_end(key)
-        return _BIN_CACHE[key]
+def _decode_all(items: Sequence[Any], size: tuple[int, int], where: str) -> np.ndarray:
+    """Decode (bytes or paths) and resize to ``size``: (N, H, W, 3) uint8."""
     import cv2
 
-    from facerco.data.bins import read_bin
     from facerco.data.transforms import decode_image
 
-    images, issame = read_bin(path)
     h, w = size
-    arr = np.empty((len(images), h, w, 3), np.uint8)
-    for i, buf in enumerate(images):
+    arr = np.empty((len(items), h, w, 3), np.uint8)
+    for i, item in enumerate(items):
         try:
-            img = decode_image(buf)
-        except ValueError as exc:
-            raise ValueError(f"{path}: image {i}: {exc}") from None
-        arr[i] = img if img.shape[:2] == (h, w) else cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-    _BIN_CACHE[key] = (arr, np.asarray(issame, bool))
-    while sum(v[0].nbytes for v in _BIN_CACHE.values()) > _BIN_CACHE_BYTES and len(_BIN_CACHE) > 1:
-        _BIN_CACHE.popitem(last=False)
-    return _BIN_CACHE[key]
+            img = decode_image(Path(item).read_bytes() if isinstance(item, str | Path) else item)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{where}: image {i} ({item if isinstance(item, str | Path) else 'bytes'}): {exc}"
+                             ) from None
+        if img.shape[:2] != (h, w):
+            shrink = img.shape[0] > h or img.shape[1] > w
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        arr[i] = img
+    return arr
 
 
-def verify_bin(model: Any, bin_path: str | os.PathLike[str], batch_size: int = 256, device: str = "auto",
-               nfolds: int = 10, fars: Sequence[float] = (1e-3, 1e-4), progress: bool = False) -> dict[str, Any]:
-    """Verification accuracy of ``model`` (nn.Module, checkpoint or ONNX path) on an insightface ``.bin``."""
+def _cached(key: tuple, build: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decoded images (and labels) kept between calls (LRU, bounded): periodic validation decodes each set once."""
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    _CACHE[key] = build()
+    while sum(v[0].nbytes for v in _CACHE.values()) > _CACHE_BYTES and len(_CACHE) > 1:
+        _CACHE.popitem(last=False)
+    return _CACHE[key]
+
+
+def _embed_array(model: Any, embedder: Any, arr: np.ndarray, names: list[str], batch_size: int, device: str,
+                 progress: bool) -> Any:
     import torch
 
-    from facerco.eval.features import extract_embeddings, load_embedder
+    from facerco.eval.features import extract_embeddings
 
-    path = Path(bin_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: verification .bin not found")
-    embedder = load_embedder(model, device)
-    arr, issame = _decoded_bin(path, tuple(embedder.input_size))  # type: ignore[arg-type]
-    if len(arr) != 2 * len(issame):
-        raise ValueError(f"{path}: {len(arr)} images for {len(issame)} pairs (expected twice as many)")
     mean, std = embedder.mean, embedder.std
 
     class _Arr(torch.utils.data.Dataset):
-        paths = [f"{path.name}#{i}" for i in range(len(arr))]
+        paths = names
 
         def __len__(self) -> int:
             return len(arr)
@@ -172,8 +170,31 @@ def verify_bin(model: Any, bin_path: str | os.PathLike[str], batch_size: int = 2
         def __getitem__(self, i: int):  # noqa: ANN204
             return torch.from_numpy(arr[i]).permute(2, 0, 1).float().sub_(mean).div_(std), -1
 
-    emb = extract_embeddings(embedder if not isinstance(model, torch.nn.Module) else model, _Arr(),
-                             batch_size=batch_size, device=device, progress=progress)
+    source_model = model if isinstance(model, torch.nn.Module) else embedder
+    return extract_embeddings(source_model, _Arr(), batch_size=batch_size, device=device, progress=progress)
+
+
+def verify_bin(model: Any, bin_path: str | os.PathLike[str], batch_size: int = 256, device: str = "auto",
+               nfolds: int = 10, fars: Sequence[float] = (1e-3, 1e-4), progress: bool = False) -> dict[str, Any]:
+    """Verification accuracy of ``model`` (nn.Module, checkpoint or ONNX path) on an insightface ``.bin``."""
+    from facerco.data.bins import read_bin
+    from facerco.eval.features import load_embedder
+
+    path = Path(bin_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: verification .bin not found")
+    embedder = load_embedder(model, device)
+    size = tuple(embedder.input_size)
+
+    def build() -> tuple[np.ndarray, np.ndarray]:
+        images, same = read_bin(path)
+        return _decode_all(images, size, str(path)), np.asarray(same, bool)  # type: ignore[arg-type]
+
+    arr, issame = _cached(("bin", str(path.resolve()), path.stat().st_mtime, size), build)
+    if len(arr) != 2 * len(issame):
+        raise ValueError(f"{path}: {len(arr)} images for {len(issame)} pairs (expected twice as many)")
+    names = [f"{path.name}#{i}" for i in range(len(arr))]
+    emb = _embed_array(model, embedder, arr, names, batch_size, device, progress)
     out = evaluate_verification(emb.emb[0::2], emb.emb[1::2], issame, nfolds, emb.norms, fars)
     out["name"] = path.stem
     return out
@@ -182,15 +203,23 @@ def verify_bin(model: Any, bin_path: str | os.PathLike[str], batch_size: int = 2
 def verify_pairs(model: Any, pairs_txt: str | os.PathLike[str], root: str | os.PathLike[str], batch_size: int = 256,
                  device: str = "auto", nfolds: int = 10, fars: Sequence[float] = (1e-3, 1e-4), ext: str = "jpg",
                  progress: bool = False, num_workers: int = 0) -> dict[str, Any]:
-    """Verification on an LFW-style ``pairs.txt`` over image files under ``root`` (each image embedded once)."""
-    from facerco.data.pairs import read_lfw_pairs
-    from facerco.eval.features import extract_embeddings
+    """Verification on an LFW-style ``pairs.txt`` over image files under ``root`` (each image embedded once).
 
+    ``num_workers`` is accepted for call compatibility; images are decoded once and cached between calls.
+    """
+    from facerco.data.pairs import read_lfw_pairs
+    from facerco.eval.features import load_embedder
+
+    del num_workers
     pairs = read_lfw_pairs(pairs_txt, root, ext=ext)
     uniq = sorted({str(p) for a, b, _ in pairs for p in (a, b)})
     where = {p: i for i, p in enumerate(uniq)}
-    emb = extract_embeddings(model, uniq, batch_size=batch_size, device=device, progress=progress,
-                             num_workers=num_workers)
+    embedder = load_embedder(model, device)
+    size = tuple(embedder.input_size)
+    stamp = Path(pairs_txt).stat().st_mtime
+    arr, _ = _cached(("pairs", str(Path(pairs_txt).resolve()), str(Path(root).resolve()), stamp, size),
+                     lambda: (_decode_all(uniq, size, str(pairs_txt)), None))  # type: ignore[arg-type]
+    emb = _embed_array(model, embedder, arr, uniq, batch_size, device, progress)
     i1 = np.array([where[str(a)] for a, _, _ in pairs])
     i2 = np.array([where[str(b)] for _, b, _ in pairs])
     issame = np.array([s for _, _, s in pairs], bool)
