@@ -85,6 +85,16 @@ def test_verify_bin_and_pairs_from_checkpoint(tmp_path):
     assert r["num_pairs"] == 4 and 0 <= r["accuracy"] <= 1 and r["xnorm"] > 0
     files = sorted((tmp_path / "lfw").rglob("*.jpg"))
     write_bin(tmp_path / "t.bin", [f.read_bytes() for f in files], [True, True])
+    import facerco.eval.verification as V
+
+    calls = []
+    real_decode = V._decode_all
+    V._decode_all = lambda *a: calls.append(1) or real_decode(*a)
+    try:
+        again = verify_pairs(model, tmp_path / "pairs.txt", tmp_path / "lfw", nfolds=2, device="cpu")
+    finally:
+        V._decode_all = real_decode
+    assert calls == [] and again["accuracy"] == r["accuracy"]  # decoded images came from the cache
     rb = verify_bin(model, tmp_path / "t.bin", batch_size=3, device="cpu", nfolds=2)
     rc = verify_bin(ckpt, tmp_path / "t.bin", batch_size=3, device="cpu", nfolds=2)
     assert rb["name"] == "t" and rb["accuracy"] == rc["accuracy"]
