@@ -234,8 +234,9 @@ def test_dlib_five_point_mapping_follows_arcface_order():
 
 @needs_dlib
 def test_dlib_on_wild_synthetic_faces_within_measured_bound(tmp_path):
-    """dlib (upsample 1) on generated wild faces: measured on 100 scenes, 79% found, median 2.3 px, p90 5.5 px
-    (5-point) from the ground-truth alignment in the 112 frame; bounds here leave room for the 24-scene sample."""
+    """dlib (upsample 1) on generated wild faces without pose nuisance, benchmarks/align.py on 100 scenes: 63% found;
+    worst of the five ground-truth points after alignment, from the template: median 3.96 px, p90 8.1 px (5-point),
+    3.23 / 7.55 px (68-point), in the 112x112 frame. The bound here leaves room for the 24-scene sample."""
     root, csv_path = _wild_faces(tmp_path, 6, 4, zero_pose=True)
     truth = create_detector("landmarks", path=str(csv_path))
     det = create_detector("dlib", upsample=1, points="5")
@@ -248,7 +249,7 @@ def test_dlib_on_wild_synthetic_faces_within_measured_bound(tmp_path):
             continue
         found += 1
         errs.append(np.linalg.norm(_tf(estimate_transform(faces[0].landmarks), gt) - ARCFACE_TEMPLATE_112, axis=1))
-    assert found >= 14
+    assert found >= 10
     assert np.median(np.max(errs, axis=1)) < 6.0
 
 
