@@ -112,6 +112,9 @@ def test_save_load_and_devkit_round_trip(tmp_path):
     assert keys == sorted(emb.paths)
     order = [emb.paths.index(k) for k in keys]
     np.testing.assert_array_equal(feats, emb.emb[order])
+    mm, _ = F.read_devkit_tree(tmp_path / "dev", "facerco", keys=keys, out=tmp_path / "cache" / "d.npy")
+    assert isinstance(mm, np.memmap)
+    np.testing.assert_array_equal(np.load(tmp_path / "cache" / "d.npy"), feats)
     bad = tmp_path / "bad_facerco.bin"
     bad.write_bytes(struct.pack("<iiii", 8, 1, 4, 6) + b"\0" * 32)
     with pytest.raises(ValueError, match="type at offset 12"):

@@ -92,7 +92,8 @@ def _features(src: str, role: str, model: str | None, args: argparse.Namespace, 
         if not path.is_dir():
             raise ValueError(f"{path}: {role} must be a .npy, a devkit feature folder (with --algo) or images with "
                              f"--model")
-        feats, keys = read_devkit_tree(path, args.algo, progress=True)
+        out = Path(args.out) / "features" / "devkit_distractors.npy" if role == "distractors" else None
+        feats, keys = read_devkit_tree(path, args.algo, progress=True, out=out)
         labels = np.full(len(keys), -1, np.int64)
         if role == "probes":  # FaceScrub layout: <identity>/<image>
             names = sorted({Path(k).parent.as_posix() for k in keys})

@@ -436,8 +436,12 @@ def write_devkit_tree(emb: Embeddings, root: str | os.PathLike[str], algo: str,
 
 
 def read_devkit_tree(root: str | os.PathLike[str], algo: str, keys: Sequence[str] | None = None,
-                     progress: bool = False) -> tuple[np.ndarray, list[str]]:
+                     progress: bool = False, out: str | os.PathLike[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """Read devkit features for ``keys`` (image paths relative to ``root``), or every ``*_<algo>.bin`` found.
+
+    Args:
+        out: optional ``.npy`` path; rows are written straight into it (a memmap), so a million files never sit in
+            memory at once, and the returned array is that memmap.
 
     Returns:
         ``(features (N, D) float32, keys)``; keys are the image paths (the feature suffix removed).
@@ -455,8 +459,18 @@ def read_devkit_tree(root: str | os.PathLike[str], algo: str, keys: Sequence[str
         from tqdm import tqdm
 
         it = tqdm(keys, unit="file", desc=f"read {base.name}")
-    feats = [read_devkit_feature(base / devkit_name(k, algo)) for k in it]
-    dims = {len(f) for f in feats}
-    if len(dims) != 1:
-        raise ValueError(f"{base}: feature files have different dimensions {sorted(dims)}")
-    return np.stack(feats), list(keys)
+    keys = list(keys)
+    first = read_devkit_feature(base / devkit_name(keys[0], algo))
+    if out is None:
+        feats = np.empty((len(keys), len(first)), np.float32)
+    else:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        feats = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(len(keys), len(first)))
+    for i, key in enumerate(it):
+        vec = first if i == 0 else read_devkit_feature(base / devkit_name(key, algo))
+        if len(vec) != len(first):
+            raise ValueError(f"{base / devkit_name(key, algo)}: {len(vec)} values, but {keys[0]} has {len(first)}")
+        feats[i] = vec
+    if isinstance(feats, np.memmap):
+        feats.flush()
+    return feats, keys
