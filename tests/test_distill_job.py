@@ -150,3 +150,18 @@ def test_gate_skips_anchors_below_the_student(teacher, tmp_path):
     assert result.anchor_plan.anchors == ["epoch_001", "epoch_002", "epoch_003", "epoch_004"]
     with pytest.raises(ValueError, match="gate"):
         run_distill(student_cfg(faces, gated_run, tmp_path / "x", gate=True))
+
+
+def test_hint_loss_through_named_stages(teacher, tmp_path):
+    faces, run = teacher
+    cfg = student_cfg(faces, run, tmp_path / "hint", strategy="final", hint_weight=0.5,
+                      hint_student_layer="layers.5", hint_teacher_layer="layer3")
+    cfg.train.epochs, cfg.train.log_every = 0.5, 1
+    result = run_distill(cfg)
+    assert result.last_parts["hint"] > 0.0
+    exported = _weights(result.student_path)
+    assert not any("regressor" in k or "projector" in k for k in exported)  # training-only parts never exported
+    bad = student_cfg(faces, run, tmp_path / "bad", strategy="final", hint_weight=0.5,
+                      hint_student_layer="layers.55", hint_teacher_layer="layer3")
+    with pytest.raises(ValueError, match="layers.55"):
+        run_distill(bad)
