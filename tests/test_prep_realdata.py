@@ -115,3 +115,28 @@ def test_lfw_recipe_full_view2(real_data, tmp_path):
     )
     assert summary["pairs"] == 6000 and len(summary["fallback"]) < 0.01 * summary["images"]
     _check_bin(tmp_path / "lfw.bin", 6000, 300)
+
+
+@needs_dlib
+def test_align_cli_on_real_photos_all_faces(real_data, tmp_path):
+    """face_recognition's kNN examples: one face per training photo, both people in the two-person test photos."""
+    from facerco.cli import main
+    from facerco.prep.align import read_report
+
+    src = real_data / "detect_align" / "face_recognition_examples" / "knn_examples"
+    assert main(["align", str(src), str(tmp_path), "--select", "all", "--workers", "1", "--no-progress"]) == 0
+    report = read_report(tmp_path / "align_report.csv")
+    train = {k: int(v["faces_found"]) for k, v in report.items() if k.startswith("train/")}
+    assert len(train) == 9 and set(train.values()) == {1}
+    assert int(report["test/kit_with_rose.jpg"]["faces_found"]) == 2
+    assert int(report["test/obama_and_biden.jpg"]["faces_found"]) >= 2  # plus a partly visible third person
+    assert read_image(tmp_path / "train/obama/obama_0.jpg").shape == (112, 112, 3)
+
+
+@needs_dlib
+def test_rgba_png_is_read_and_detected(real_data):
+    from facerco.prep.detectors import create_detector
+
+    img = read_image(real_data / "detect_align" / "face_recognition_examples" / "extra" / "32bit.png")
+    assert img.shape[2] == 3
+    assert len(create_detector("dlib").detect(img)) == 1
