@@ -295,3 +295,29 @@ def test_insightface_backend_decodes_scrfd_outputs(tmp_path):
     np.testing.assert_allclose(face.landmarks, expected * 2, atol=1e-4)
     with pytest.raises(FileNotFoundError, match="never downloads"):
         create_detector("insightface", model_path=str(tmp_path / "missing.onnx"))
+
+
+def test_landmarks_backend_reads_celeba_and_vggface2_layouts_and_fixes_mirrored_order(tmp_path):
+    from facerco.prep.detectors._landmarks import canonical_order
+
+    pts = (ARCFACE_TEMPLATE_112 * 1.3 + 7).round(1)
+    mirrored = pts[[1, 0, 2, 4, 3]]
+    coords = " ".join(f"{v:g}" for v in pts.reshape(-1))
+    header = "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y"
+    (tmp_path / "list_landmarks_celeba.txt").write_text(f"1\n{header}\n000001.jpg {coords}\n")
+    det = create_detector("landmarks", path=str(tmp_path / "list_landmarks_celeba.txt"))
+    np.testing.assert_allclose(det.detect(np.zeros((4, 4, 3)), key="000001.jpg")[0].landmarks, pts, atol=1e-4)
+
+    vgg = "NAME_ID,P1X,P1Y,P2X,P2Y,P3X,P3Y,P4X,P4Y,P5X,P5Y\nn000002/0001_01," + ",".join(
+        f"{v:g}" for v in mirrored.reshape(-1)
+    )
+    (tmp_path / "loose_landmark_test.csv").write_text(vgg + "\n")
+    det = create_detector("landmarks", path=str(tmp_path / "loose_landmark_test.csv"))
+    [face] = det.detect(np.zeros((4, 4, 3)), key="n000002/0001_01.jpg")  # matched without the extension
+    np.testing.assert_allclose(face.landmarks, pts, atol=1e-4)  # mirrored order recognised and swapped
+
+    rot = np.array([[0.0, -1.0], [1.0, 0.0]])  # a face rolled by 90 degrees keeps its order
+    np.testing.assert_allclose(canonical_order(pts @ rot.T), pts @ rot.T)
+    (tmp_path / "bad.txt").write_text("a.jpg 1 2 3\n")
+    with pytest.raises(ValueError, match=r"bad\.txt: line 1: expected"):
+        create_detector("landmarks", path=str(tmp_path / "bad.txt"))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import csv
+import gzip
 import importlib.util
+import itertools
 import struct
 from pathlib import Path
 
@@ -68,6 +70,9 @@ def test_iter_tsv_parses_both_layouts_lazily(tmp_path):
         next(rows)
     with pytest.raises(ValueError, match="16"):
         decode_rectangle(base64.b64encode(b"abc"), "x")
+    gz = tmp_path / "faces.tsv.gz"
+    gz.write_bytes(gzip.compress(tsv.read_bytes()))
+    assert [r.key for r in itertools.islice(iter_tsv(gz), 3)] == [first.key, second.key, third.key]
 
 
 def test_hint_to_box_pixels_fractions_and_outside():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gzip
 import os
 import struct
 from collections.abc import Iterator
@@ -68,11 +69,12 @@ def _safe(text: bytes, what: str, where: str) -> str:
 
 
 def iter_tsv(path: str | os.PathLike[str]) -> Iterator[TsvRow]:
-    """Stream the rows of an MS-Celeb TSV; errors name the file and line."""
+    """Stream the rows of an MS-Celeb TSV (``.tsv`` or ``.tsv.gz``); errors name the file and line."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: TSV file not found")
-    with open(p, "rb") as handle:
+    opener = gzip.open if p.suffix == ".gz" else open
+    with opener(p, "rb") as handle:
         for line_no, line in enumerate(handle, start=1):
             line = line.rstrip(b"\r\n")
             if not line:
