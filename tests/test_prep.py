@@ -285,7 +285,7 @@ def _fake_scrfd(path: Path, size: int = 64) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("insightface") is None, reason="insightface not installed")
 def test_insightface_backend_decodes_scrfd_outputs(tmp_path):
     _fake_scrfd(tmp_path / "det.onnx")
-    det = create_detector("insightface", model_path=str(tmp_path / "det.onnx"))
+    det = create_detector("insightface", model_path=str(tmp_path / "det.onnx"), threads=1)
     [face] = det.detect(np.zeros((64, 64, 3), np.uint8))
     np.testing.assert_allclose(face.box, [0, 16, 32, 56], atol=1e-4)
     expected = np.array([[8, 27.2], [24, 27.2], [16, 35.2], [9.6, 43.2], [22.4, 43.2]])
@@ -293,6 +293,9 @@ def test_insightface_backend_decodes_scrfd_outputs(tmp_path):
     assert face.score == pytest.approx(0.9)
     [face] = det.detect(np.zeros((128, 96, 3), np.uint8))  # resized by 0.5 into the 64x64 input: coordinates x2
     np.testing.assert_allclose(face.landmarks, expected * 2, atol=1e-4)
+    (tmp_path / "det.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="onnx files only"):
+        create_detector("insightface", model_path=str(tmp_path / "det.bin"))
     with pytest.raises(FileNotFoundError, match="never downloads"):
         create_detector("insightface", model_path=str(tmp_path / "missing.onnx"))
 

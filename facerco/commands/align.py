@@ -40,6 +40,8 @@ def spec_from_args(args: argparse.Namespace):
         if not args.model:
             raise ValueError("--detector insightface needs --model PATH.onnx (nothing is downloaded)")
         options = {"model_path": args.model}
+        if getattr(args, "workers", 1) > 1:
+            options["threads"] = 1  # one onnxruntime thread per worker process, no oversubscription
     else:
         if not args.landmarks:
             raise ValueError("--detector landmarks needs --landmarks FILE")

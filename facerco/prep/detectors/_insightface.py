@@ -24,6 +24,7 @@ class InsightFaceDetector(Detector):
         input_size: detector input (width, height); ignored for models with a fixed input.
         threshold: score threshold.
         nms_threshold: IoU threshold of non-maximum suppression.
+        threads: onnxruntime intra-op threads (0 = its default, all cores); ``facerco align`` workers should use 1.
     """
 
     name = "insightface"
@@ -34,15 +35,26 @@ class InsightFaceDetector(Detector):
         input_size: tuple[int, int] = (640, 640),
         threshold: float = 0.5,
         nms_threshold: float = 0.4,
+        threads: int = 0,
     ) -> None:
         path = Path(model_path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: detector ONNX file not found (insightface backend never downloads)")
+        if path.suffix.lower() != ".onnx":
+            raise ValueError(f"{path}: the insightface backend loads .onnx files only")
         try:
             from insightface.model_zoo import get_model
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise RuntimeError("the insightface detector needs: pip install 'facerco[insightface]'") from exc
-        model = get_model(str(path), providers=["CPUExecutionProvider"])
+        kwargs: dict = {"providers": ["CPUExecutionProvider"]}
+        if threads > 0:
+            import onnxruntime
+
+            opts = onnxruntime.SessionOptions()
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+            kwargs["sess_options"] = opts
+        model = get_model(str(path), **kwargs)
         if model is None or getattr(model, "taskname", None) != "detection":
             raise ValueError(f"{path}: not a face detection model (insightface routed it to {type(model).__name__})")
         if not getattr(model, "use_kps", False):
