@@ -12,6 +12,15 @@ The generator is meant to be hard enough that such a quick, small model does *no
     python benchmarks/synthetic_difficulty.py --model mbf_0.8m --size 112 --epochs 4   # registry student
 
 Images go through a JPEG round trip at their drawn quality, like the written dataset.
+
+Measured 2026-11-25 (inline tiny CNN, 0.32M params, 56 px, CosFace s=32 m=0.3, SGD lr 0.1 cosine, batch 128,
+200x20 train, 100x10 held-out; shared 2-core CPU, 5-9 minutes per run):
+
+    difficulty  epochs  rank-1   verification   train acc (with margin)
+    0.5         8       94.2%    97.34 +- 0.37   92.7%
+    1.0         8       70.7%    91.88 +- 1.05   30.1%
+    1.0         16      79.2%    93.93 +- 0.78   88.3%
+    1.6         8       18.3%    77.03 +- 1.18    0.1%  (does not take off in 8 epochs)
 """
 
 from __future__ import annotations
