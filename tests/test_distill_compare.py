@@ -120,3 +120,11 @@ def test_shipped_student_configs_load():
         assert cfg.kind == "student" and cfg.distill.teacher_run, f
     lfw = file_variants(sorted(root.glob("lfw_cpu_*.yaml")))
     assert sorted(v.name for v in lfw) == sorted(VARIANTS)  # the CPU files are exactly the built-in variants
+
+
+def test_report_only_tabulates_finished_runs(setup):
+    root, path = setup
+    variants = builtin_variants(path, names=["scratch", "mimic_final"])
+    run_compare(variants[:1], [0], root / "partial", validator_factory=_nn_validator)
+    table = run_compare(variants, [0], root / "partial", validator_factory=_nn_validator, train=False)
+    assert [r["n"] for r in table["rows"]] == [1, 0]

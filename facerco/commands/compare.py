@@ -27,7 +27,7 @@ def _compare(args: argparse.Namespace) -> int:
         if args.variants:
             raise ValueError("compare: --variants applies to a single base config, not to several files")
         variants = file_variants(configs, overrides)
-    table = run_compare(variants, args.seeds, args.out, metric=args.metric)
+    table = run_compare(variants, args.seeds, args.out, metric=args.metric, train=not args.report_only)
     print(format_table(table), end="")
     print(f"written: {args.out}/compare.md and {args.out}/compare.json")
     return 0
@@ -45,5 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="runs/compare", help="output folder (runs, compare.md, compare.json)")
     parser.add_argument("--metric", default="", help="primary val metric (default: the first '*acc' one)")
     parser.add_argument("--set", nargs="*", default=[], help="extra dotted overrides applied to every variant")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: tabulate the runs already finished under --out")
     add_debug_arg(parser)
     parser.set_defaults(func=_compare)

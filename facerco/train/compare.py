@@ -131,8 +131,11 @@ class RunRecord:
 def run_compare(variants: Sequence[Variant], seeds: Sequence[int], out_dir: str | Path,
                 runner: Callable[..., Any] | None = None,
                 validator_factory: Callable[[Config], Any] | None = None,
-                metric: str = "") -> dict[str, Any]:
-    """Train every (variant, seed), evaluate, and return the table data (also written as JSON + Markdown)."""
+                metric: str = "", train: bool = True) -> dict[str, Any]:
+    """Train every (variant, seed), evaluate, and return the table data (also written as JSON + Markdown).
+
+    With ``train=False`` nothing is trained: the table covers the runs already finished under ``out_dir``.
+    """
     from facerco.route.anchors import route_points
     from facerco.route.io import load_route
     from facerco.train.student import build_validator, open_train_dataset, probe_images, run_distill
@@ -162,6 +165,8 @@ def run_compare(variants: Sequence[Variant], seeds: Sequence[int], out_dir: str 
             summary_path = run_dir / "summary.json"
             summary = read_json(summary_path) if summary_path.is_file() else None
             if summary is None or summary.get("step") != summary.get("total_steps"):
+                if not train:
+                    continue
                 print(f"compare: {v.name} seed {seed} -> {run_dir}", flush=True)
                 runner(cfg, validator=validator_factory(cfg))
                 summary = read_json(summary_path)
