@@ -52,7 +52,9 @@ class DistractorStore:
             return np.zeros((0, self.dim), np.float32)
         lo, hi = int(ids[0]), int(ids[-1])
         rows = self.feats[lo : hi + 1] if hi - lo + 1 == len(ids) else self.feats[ids]
-        return np.ascontiguousarray(rows, dtype=np.float32)
+        if rows.dtype == np.float32 and rows.flags.c_contiguous and rows.flags.writeable:
+            return np.asarray(rows)
+        return np.array(rows, dtype=np.float32, order="C")  # an owned, writable copy (torch needs writable)
 
     def chunks(self, ids: np.ndarray, chunk_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(ids_chunk, rows)`` over ``ids`` (sorted) in chunks of at most ``chunk_size`` rows."""
