@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         total = time.perf_counter() - t0
         big = res["sizes"][-1]
         rows.append({"backend": backend, "total_s": total, "refine_rounds": res["refine_rounds"],
-                     "topk": res["topk"], "rank1": big["rank1"], "tar_at_far": big["tar_at_far"]})
+                     "topk": res["topk"], "rank1": big["rank1"], "tar_at_far": big["tar_at_far"],
+                     "timings": res["timings"]})
     bare_after = bare_product(probes, dist, args.chunk_size)
     bare = (bare_before + bare_after) / 2
     for r in rows:
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['backend']:<8} {r['total_s']:9.2f} {bare:10.2f} {r['ratio']:6.2f} {'<=1.3':>5} "
               f"{100 * r['rank1']:9.2f} {100 * r['tar_at_far'].get('1e-06', float('nan')):11.2f} "
               f"{r['refine_rounds']:6d}")
+    for r in rows:
+        print(f"{r['backend']:<8} breakdown: " + ", ".join(f"{k} {v:.2f}" for k, v in r["timings"].items()))
     extra = peak - array_mib
     print(f"peak RSS {peak:.0f} MiB = distractor array {array_mib:.0f} MiB + {extra:.0f} MiB "
           f"(goal: + <= 1024 MiB; process before the run {base_mib:.0f} MiB)")
