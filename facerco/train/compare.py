@@ -75,8 +75,14 @@ def file_variants(configs: Sequence[str | Path], overrides: Sequence[str] = ()) 
     for path, stem in zip(configs, stems, strict=True):
         cfg = load_config(path, list(overrides))
         d = cfg.distill
-        what = f"{d.strategy}" + (f", {d.schedule}" if d.strategy not in ("final", "best", "none") else "")
-        out.append(Variant(stem[len(prefix):] or stem, what, cfg))
+        name = stem[len(prefix):] or stem
+        if name in VARIANTS:
+            what = VARIANTS[name][0]
+        elif d.mimic_weight == 0 and d.kd_weight == 0 and d.hint_weight == 0:
+            what = "ArcFace only"
+        else:
+            what = f"{d.strategy}" + (f", {d.schedule}" if d.strategy not in ("final", "best", "none") else "")
+        out.append(Variant(name, what, cfg))
     names = [v.name for v in out]
     if len(set(names)) != len(names):
         raise ValueError(f"compare: two configs give the same variant name: {names}")
