@@ -47,3 +47,12 @@ def test_route_plan_cli_without_config(route, capsys):
     out = capsys.readouterr().out
     assert "anchors:  epoch_002 -> epoch_004" in out and "stage 1: epoch_004" in out
     assert main(["route", "plan", str(run), "--strategy", "manual", "--anchors", "epoch_009"]) == 1
+
+
+def test_route_plan_gss_without_config_starts_at_first_point(route, capsys):
+    root, faces, run = route
+    assert main(["route", "plan", str(run), "--strategy", "gss", "--probe-images", "16", "--delta", "0.9"]) == 0
+    out = capsys.readouterr().out
+    anchors = next(line for line in out.splitlines() if line.startswith("anchors:")).split(":", 1)[1].split(" -> ")
+    assert anchors[0].strip() == "epoch_001" and anchors[-1].strip() == "epoch_004"
+    assert "from epoch_001" in out and "student@init" not in out

@@ -83,7 +83,11 @@ def _route_plan(args: argparse.Namespace) -> int:
 
         cfg = replace(cfg, data=replace(cfg.data, train=args.dataset))
     dataset = open_train_dataset(cfg)
-    spe, anchor_plan, stage_plan = prepare_plan(cfg, route, dataset)
+    # without a student config the GSS walk starts at the first route point (no student to measure)
+    spe, anchor_plan, stage_plan = prepare_plan(cfg, route, dataset, student_start=bool(args.config))
+    if not args.config and anchor_plan.strategy == "gss":
+        print("note: no --config, so GSS starts from the first route point; `facerco distill` starts from the "
+              "initialised student of its config")
     print(format_plan(anchor_plan))
     print(format_stages(stage_plan, spe))
     if args.json:

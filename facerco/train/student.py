@@ -532,10 +532,11 @@ def _hint_channels(student: nn.Module, teacher: nn.Module, cfg: Config) -> tuple
 
 
 def prepare_plan(cfg: Config, route: Any, dataset: Any, world_size: int = 1, initial: nn.Module | None = None,
-                 device: torch.device | str = "cpu") -> tuple[int, AnchorPlan, StagePlan]:
+                 device: torch.device | str = "cpu", student_start: bool = True) -> tuple[int, AnchorPlan, StagePlan]:
     """(steps per epoch, anchor plan, stage plan) of a student config: `facerco route plan` prints exactly this.
 
     For GSS, ``initial`` is the freshly built student (:func:`build_student`); None builds it here from the seed.
+    ``student_start=False`` starts the GSS walk at the first route point instead (no student model known).
     """
     spe = len(dataset) // (cfg.train.batch_size * world_size)
     if spe <= 0:
@@ -544,7 +545,10 @@ def prepare_plan(cfg: Config, route: Any, dataset: Any, world_size: int = 1, ini
     budget = max(1, round(cfg.train.epochs * spe))
     probe = None
     if cfg.distill.strategy == "gss" and not cfg.distill.stages:
-        probe = make_probe(cfg, dataset, route, initial if initial is not None else build_student(cfg), device)
+        student = None
+        if student_start:
+            student = initial if initial is not None else build_student(cfg)
+        probe = make_probe(cfg, dataset, route, student, device)
     anchor_plan, stage_plan = build_plan(cfg, route_points(route), spe, budget, probe)
     return spe, anchor_plan, stage_plan
 
