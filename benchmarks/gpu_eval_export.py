@@ -94,24 +94,9 @@ def _latency_ms(fn: Callable[[], Any], device: str, repeats: int) -> float:
     return 1000.0 * float(np.median(times))
 
 
-def calibrate_bn(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
-    """Set every BatchNorm's running stats to the batch statistics of ``x``.
-
-    A randomly initialised network in eval mode (running mean 0, var 1) gives near-zero, input-independent
-    embeddings, on which a cosine parity check means nothing; after this the outputs are O(1) and differ per image.
-    """
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-            mod.reset_running_stats()
-            mod.momentum = None  # cumulative average: one pass gives exactly this batch's statistics
-    model.train()
-    with torch.no_grad():
-        model(x)
-    return model.eval()
-
-
 def onnx_parity(args: argparse.Namespace, device: str) -> dict[str, Any]:
     import onnxruntime as ort
+    from distill_throughput import calibrate_bn
 
     from facerco.export.onnx import INPUT_NAME, export_onnx, generated_images, normalize_batch
     from facerco.models import create_model
