@@ -34,6 +34,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # again: some writers (safetensors) replace the file with a private one
         os.replace(tmp, final)
     finally:
         if tmp.exists():
