@@ -180,7 +180,6 @@ def test_rco_lfw_tiny_run(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_distill_and_train_throughput_tiny(tmp_path: Path) -> None:
     import distill_throughput
     import train_throughput
