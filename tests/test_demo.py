@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from facerco.cli import main
 
 
-@pytest.mark.slow
 def test_quick_demo_runs_and_resumes(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
