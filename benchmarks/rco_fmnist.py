@@ -388,6 +388,17 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
+def paired_test(diffs: Sequence[float]) -> tuple[float, float]:
+    """(t, two-sided p) of the one-sample t-test of paired differences against 0; nan when it is undefined."""
+    vals = [float(d) for d in diffs if not math.isnan(float(d))]
+    if len(vals) < 2 or statistics.stdev(vals) == 0:
+        return math.nan, math.nan
+    from scipy import stats
+
+    res = stats.ttest_1samp(vals, 0.0)
+    return float(res.statistic), float(res.pvalue)
+
+
 def summarize(runs: Sequence[dict[str, Any]], variants: Sequence[str]) -> list[dict[str, Any]]:
     ref = {r["seed"]: r["test_acc"] for r in runs if r["variant"] == REFERENCE}
     rows = []
@@ -401,6 +412,7 @@ def summarize(runs: Sequence[dict[str, Any]], variants: Sequence[str]) -> list[d
             diffs = [r["test_acc"] - ref[r["seed"]] for r in mine if r["seed"] in ref]
             row["delta_vs_kd_final"] = mean_std(diffs)
             row["ahead"] = [int(sum(d > 0 for d in diffs)), len(diffs)]
+            row["paired_t_p"] = paired_test(diffs)
         rows.append(row)
     return rows
 
@@ -423,14 +435,16 @@ def format_markdown(result: dict[str, Any]) -> str:
         ahead = f"{r['ahead'][0]}/{r['ahead'][1]}" if "ahead" in r else "–"
         lines.append(f"| {r['variant']} | {anchors} | {acc} | {delta} | {ahead} | {r['congruence_final'][0]:.3f} | "
                      f"{r['seconds'][0]:.0f} |")
-    lines += ["", "Verdict (clear = |mean Δ| > 2 standard errors):"]
+    lines += ["", "Verdict (beats/loses = paired t-test over seeds, two-sided p < 0.05):"]
     for r in result["rows"]:
         if r["variant"] in RCO_VARIANTS and "delta_vs_kd_final" in r:
-            mean, std = r["delta_vs_kd_final"]
-            n = r["ahead"][1]
-            clear = n > 1 and abs(mean) > 2 * std / math.sqrt(n)
+            mean, _ = r["delta_vs_kd_final"]
+            _, pval = r.get("paired_t_p", (math.nan, math.nan))
+            clear = not math.isnan(pval) and pval < 0.05
             word = ("beats kd_final" if mean > 0 else "loses to kd_final") if clear else "no clear difference"
-            lines.append(f"- {r['variant']}: {100 * mean:+.2f} points, {word} (ahead on {r['ahead'][0]}/{n} seeds)")
+            ptxt = "" if math.isnan(pval) else f", p={pval:.2f}"
+            lines.append(f"- {r['variant']}: {100 * mean:+.2f} points, {word}{ptxt} "
+                         f"(ahead on {r['ahead'][0]}/{r['ahead'][1]} seeds)")
     return "\n".join(lines) + "\n"
 
 

@@ -346,6 +346,7 @@ def summarize(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict
                 diffs = [r["val"][k] - ref[r["seed"]][k] for r in mine if r["seed"] in ref and k in r["val"]]
                 row[f"delta/{k}"] = mean_std(diffs)
                 row[f"wins/{k}"] = [int(sum(d > 0 for d in diffs)), len(diffs)]
+                row[f"test/{k}"] = paired_test(diffs)
         rows.append(row)
     return rows
 
@@ -360,21 +361,38 @@ def _signed(ms: Sequence[float]) -> str:
     return "–" if math.isnan(mean) else f"{100 * mean:+.2f} ± {100 * std:.2f}"
 
 
+def paired_test(diffs: Sequence[float]) -> tuple[float, float]:
+    """(t, two-sided p) of the one-sample t-test of paired differences against 0; nan when it is undefined."""
+    vals = [float(d) for d in diffs if not math.isnan(float(d))]
+    if len(vals) < 2 or statistics.stdev(vals) == 0:
+        return math.nan, math.nan
+    from scipy import stats
+
+    res = stats.ttest_1samp(vals, 0.0)
+    return float(res.statistic), float(res.pvalue)
+
+
 def verdict(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """One sentence per RCO variant: ahead of / behind mimic-final on each metric, with paired evidence."""
+    """One sentence per RCO variant: ahead of / behind mimic-final on each metric, with paired evidence.
+
+    "ahead"/"behind" needs a paired t-test p < 0.05 (with 3 seeds that is |t| > 4.3); otherwise "no clear
+    difference", whatever the sign of the mean.
+    """
     lines = []
     for row in rows:
         if row["variant"] not in RCO_VARIANTS or f"delta/{METRICS[0][0]}" not in row:
             continue
         parts = []
         for key, title in METRICS[:3]:
-            mean, std = row[f"delta/{key}"]
+            mean, _ = row[f"delta/{key}"]
             wins, n = row[f"wins/{key}"]
             if math.isnan(mean):
                 continue
-            clear = n > 1 and abs(mean) > 2 * std / math.sqrt(n)
+            t, pval = row.get(f"test/{key}", (math.nan, math.nan))
+            clear = not math.isnan(pval) and pval < 0.05
             word = ("ahead" if mean > 0 else "behind") if clear else "no clear difference"
-            parts.append(f"{title.split(' %')[0]} {100 * mean:+.2f} ({word}; ahead on {wins}/{n} seeds)")
+            ptxt = "" if math.isnan(pval) else f", p={pval:.2f}"
+            parts.append(f"{title.split(' %')[0]} {100 * mean:+.2f} ({word}{ptxt}; ahead on {wins}/{n} seeds)")
         lines.append(f"- {row['variant']} vs mimic_final: " + "; ".join(parts))
     return lines
 
@@ -403,7 +421,7 @@ def format_markdown(result: dict[str, Any]) -> str:
         cells += ["", "", "", ""]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Paired Δ = student − mimic_final of the same seed (mean ± std over seeds), in points.",
-              "Verdict (clear = |mean Δ| > 2 standard errors):", *verdict(rows)]
+              "Verdict (ahead/behind = paired t-test over seeds, two-sided p < 0.05):", *verdict(rows)]
     return "\n".join(lines) + "\n"
 
 

@@ -135,14 +135,18 @@ def test_lfw_summary_and_verdict_known_answer() -> None:
                         "heldout_pairs/tar_far1e-3": 0.5}}
 
     runs = [run("mimic_final", s, 0.80, 0.10) for s in range(3)]
-    runs += [run("rco_eeis_one", 0, 0.81, 0.10), run("rco_eeis_one", 1, 0.82, 0.10), run("rco_eeis_one", 2, 0.81, 0.10)]
+    runs += [run("rco_eeis_one", 0, 0.810, 0.10), run("rco_eeis_one", 1, 0.811, 0.10),
+             run("rco_eeis_one", 2, 0.812, 0.10)]
     rows = rco_lfw.summarize(runs, ["mimic_final", "rco_eeis_one"])
     rco = rows[1]
-    assert rco["delta/heldout_pairs/accuracy"][0] == pytest.approx(0.04 / 3)
+    assert rco["delta/heldout_pairs/accuracy"][0] == pytest.approx(0.011)
     assert rco["wins/heldout_pairs/accuracy"] == [3, 3]
     assert rco["wins/megaface/rank1"] == [0, 3]
+    t, p = rco["test/heldout_pairs/accuracy"]  # deltas 0.010, 0.011, 0.012: mean 0.011, sd 0.001, n 3
+    assert t == pytest.approx(0.011 / (0.001 / math.sqrt(3)))
+    assert p == pytest.approx(0.002743, abs=2e-5)  # two-sided, 2 d.f.: 1 - |t|/sqrt(2 + t^2)
     text = " ".join(rco_lfw.verdict(rows))
-    assert "held-out pairs acc +1.33 (ahead; ahead on 3/3 seeds)" in text
+    assert "held-out pairs acc +1.10 (ahead, p=0.00; ahead on 3/3 seeds)" in text
     assert "rank-1 +0.00 (no clear difference; ahead on 0/3 seeds)" in text
 
 
