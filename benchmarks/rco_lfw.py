@@ -330,14 +330,19 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def summarize(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[str, Any]]:
-    """Per variant: mean ± std of every metric, paired differences to mimic_final, seeds where it is ahead."""
+def summarize(runs: Sequence[dict[str, Any]], names: Sequence[str],
+              anchors: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """Per variant: mean ± std of every metric, paired differences to mimic_final, seeds where it is ahead.
+
+    ``anchors`` (variant -> anchors followed) overrides the runs' plans, e.g. none for the teacher-free scratch.
+    """
     keys = [k for k, _ in METRICS]
     ref = {r["seed"]: r["val"] for r in runs if r["variant"] == REFERENCE}
     rows = []
     for name in names:
         mine = [r for r in runs if r["variant"] == name]
-        row: dict[str, Any] = {"variant": name, "n": len(mine), "anchors": mine[0]["anchors"] if mine else [],
+        followed = anchors[name] if anchors and name in anchors else (mine[0]["anchors"] if mine else [])
+        row: dict[str, Any] = {"variant": name, "n": len(mine), "anchors": followed,
                                "seconds": mean_std([r["seconds"] for r in mine]),
                                "congruence_final": mean_std([r["congruence"] for r in mine])}
         for k in keys:
@@ -519,7 +524,8 @@ def aggregate(args: argparse.Namespace, evaluator: LFWEvaluator | None = None) -
         "student": f"{cfg.model.name} (width {cfg.model.width_mult}, {cfg.model.embedding_size}-d)",
         "batch_size": cfg.train.batch_size, "teacher_run": str(args.teacher_run), "counts": evaluator.counts,
         "anchor_targets": "online teacher" if args.online else "anchor-feature cache",
-        "rows": summarize(runs, args.variants), "runs": runs, "teacher": teacher,
+        "rows": summarize(runs, args.variants, {r["variant"]: list(r["anchors"]) for r in table["rows"]}),
+        "runs": runs, "teacher": teacher,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "jobs": args.jobs, "threads_per_job": args.threads},
         "command": "python benchmarks/rco_lfw.py " + " ".join(getattr(args, "argv", [])),
