@@ -9,7 +9,8 @@ probe set), stages and lr restarts from :mod:`facerco.route.plan`, the loss from
 never run the teacher.
 
 Models (sized for 2 CPU cores): teacher ``cnn`` = three strided 3x3/5x5 conv-BN-ReLU layers (32-64-128) and a linear
-head, 114k parameters; student ``mlp`` = 784-32-10 with BatchNorm, 25.5k parameters. Data: the Debian package
+head, 114k parameters; student ``mlp`` = 784-32-10 with BatchNorm, 25.5k parameters (``--student-kind cnn
+--student-width 12``: the teacher's layout at width 12, 21k parameters). Data: the Debian package
 ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``, 60,000 train / 10,000 test); no augmentation.
 
 Students (same epochs, batch, SGD lr 0.1 momentum 0.9, cosine per iteration, 3 seeds):
@@ -332,7 +333,7 @@ def run_student(args: argparse.Namespace, variant: str, seed: int, train: ArrayD
     run.mkdir(parents=True, exist_ok=True)
     cfg = base_config(run, args.student_epochs, args.batch, args.lr, seed, "cosine")
     seed_everything(seed)
-    student = build_net("mlp", args.student_width)
+    student = build_net(args.student_kind, args.student_width)
     spe = len(train) // args.batch
     total = max(1, round(args.student_epochs * spe))
     targets, plan, anchors, schedule = None, None, [], None
@@ -421,7 +422,8 @@ def format_markdown(result: dict[str, Any]) -> str:
     route = result["route"]
     lines = [f"Fashion-MNIST ({result['train_images']} train / {result['test_images']} test) · teacher cnn "
              f"({result['teacher_params']} params, {result['teacher_epochs']} epochs, lr ×0.1 at "
-             f"{result['teacher_milestones']}) · student mlp ({result['student_params']} params, "
+             f"{result['teacher_milestones']}) · student {result.get('student_kind', 'mlp')} "
+             f"({result['student_params']} params, "
              f"{result['student_epochs']} epochs) · KD T={result['temperature']}, α={result['alpha']} · "
              f"seeds {result['seeds']}", "",
              "Teacher route (test acc %): " + " · ".join(f"ep{p['epoch']} {100 * p['test_acc']:.1f}" for p in route),
@@ -502,6 +504,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="epochs where the teacher lr drops x0.1 (default: 50%% and 75%% of the epochs)")
     parser.add_argument("--teacher-width", type=int, default=32)
     parser.add_argument("--student-epochs", type=float, default=10.0)
+    parser.add_argument("--student-kind", choices=["mlp", "cnn"], default="mlp",
+                        help="mlp: 784-W-10; cnn: the teacher's three strided convs at width W (W=12: 21k params)")
     parser.add_argument("--student-width", type=int, default=32)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1)
@@ -553,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise RuntimeError(f"rco_fmnist: a worker failed (exit codes {codes}); see {out}/worker<k>.log")
     runs = run_group(args, args.variants)  # reuses every finished summary.json
     teacher = build_net("cnn", args.teacher_width)
-    student = build_net("mlp", args.student_width)
+    student = build_net(args.student_kind, args.student_width)
     from facerco.utils.io import read_json
 
     route_info = read_json(out / "teacher" / "route.json")
@@ -562,6 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train_images": len(train), "test_images": len(test[1]),
         "teacher_params": sum(p.numel() for p in teacher.parameters()), "teacher_epochs": args.teacher_epochs,
         "teacher_milestones": route_info.get("milestones"), "teacher_seconds": route_info.get("seconds"),
+        "student_kind": args.student_kind, "student_width": args.student_width,
         "student_params": sum(p.numel() for p in student.parameters()), "student_epochs": args.student_epochs,
         "temperature": args.temperature, "alpha": args.alpha, "final_share": args.final_share,
         "gss_delta": args.gss_delta, "anchors": args.anchors, "batch": args.batch, "lr": args.lr,
