@@ -44,8 +44,8 @@ class DemoScale:
 
 
 SCALES: dict[str, DemoScale] = {
-    "full": DemoScale(train_identities=120, train_images=15, test_identities=40, test_images=8, distractors=2000,
-                      pairs=600, teacher_epochs=8, student_epochs=5, milestones=(5.0, 7.0)),
+    "full": DemoScale(train_identities=100, train_images=14, test_identities=40, test_images=8, distractors=2000,
+                      pairs=600, teacher_epochs=6, student_epochs=4, milestones=(4.0, 5.0)),
     "quick": DemoScale(train_identities=24, train_images=6, test_identities=10, test_images=4, distractors=200,
                        pairs=100, teacher_epochs=2, student_epochs=2, milestones=(1.0, 1.5)),
 }
