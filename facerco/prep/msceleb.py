@@ -27,7 +27,7 @@ from pathlib import Path
 
 from facerco.prep.clean import CleanList, read_clean_list
 from facerco.prep.detectors import DetectorSpec
-from facerco.prep.stream import StreamItem, align_stream, finished_keys
+from facerco.prep.stream import StreamItem, align_stream, finished_keys, select_rows
 from facerco.utils.io import write_json
 
 __all__ = ["TsvRow", "iter_tsv", "decode_rectangle", "tsv_items", "convert_tsv"]
@@ -106,17 +106,8 @@ def tsv_items(
     limit: int | None = None,
 ) -> Iterator[StreamItem]:
     """TSV rows as :class:`StreamItem`, filtered by a clean list and by already finished keys."""
-    taken = 0
-    for row in iter_tsv(path):
-        key = row.key
-        if keep is not None:
-            if not keep.contains(key):
-                continue
-            key = keep.relabel(key)
-        if limit is not None and taken >= limit:
-            return
-        taken += 1
-        if skip is not None and key in skip:
+    for key, row, finished in select_rows(((r.key, r) for r in iter_tsv(path)), keep, skip, limit):
+        if finished:
             yield StreamItem(key, b"")  # reported already; align_stream counts and skips it
             continue
         hint = decode_rectangle(row.rect_b64, f"{path}: line {row.line}") if use_hint and row.rect_b64 else None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from facerco.prep.clean import CleanList, read_clean_list
 from facerco.prep.detectors import DetectorSpec
-from facerco.prep.stream import StreamItem, align_stream, finished_keys
+from facerco.prep.stream import StreamItem, align_stream, finished_keys, select_rows
 from facerco.utils.io import write_json
 
 __all__ = ["ALIGNED_FACE_BOX_112", "rec_items", "realign_rec"]
@@ -42,21 +42,13 @@ def rec_items(
     ds = RecordDataset(rec_dir)
     names = ds.classes if getattr(ds, "classes", None) else None
     hint = _hint_fraction() if use_hint else None
-    taken = 0
-    for i in range(len(ds)):
-        label = int(ds.labels[i])
-        key = f"{names[label] if names else f'{label:07d}'}/{int(ds.keys[i]):09d}.jpg"
-        if keep is not None:
-            if not keep.contains(key):
-                continue
-            key = keep.relabel(key)
-        if limit is not None and taken >= limit:
-            return
-        taken += 1
-        if skip is not None and key in skip:
-            yield StreamItem(key, b"")
-            continue
-        yield StreamItem(key, ds.read_bytes(i), hint)
+    def keyed() -> Iterator[tuple[str, int]]:
+        for i in range(len(ds)):
+            label = int(ds.labels[i])
+            yield f"{names[label] if names else f'{label:07d}'}/{int(ds.keys[i]):09d}.jpg", i
+
+    for key, i, finished in select_rows(keyed(), keep, skip, limit):
+        yield StreamItem(key, b"") if finished else StreamItem(key, ds.read_bytes(i), hint)
 
 
 def realign_rec(

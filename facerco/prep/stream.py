@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -33,7 +34,7 @@ from facerco.prep.align import (
 )
 from facerco.prep.detectors import Detector, DetectorSpec
 
-__all__ = ["StreamItem", "align_stream", "finished_keys", "hint_to_box"]
+__all__ = ["StreamItem", "align_stream", "finished_keys", "hint_to_box", "select_rows"]
 
 
 @dataclass(frozen=True)
@@ -202,3 +203,25 @@ def align_stream(
             pool.close()
             pool.join()
     return counts
+
+
+_Row = TypeVar("_Row")
+
+
+def select_rows(rows: Iterable[tuple[str, _Row]], keep: Any = None, skip: set[str] | None = None,
+                limit: int | None = None) -> Iterator[tuple[str, _Row, bool]]:
+    """``(key, row, finished)`` for the rows a clean list keeps (relabelled), at most ``limit`` of them.
+
+    Shared by every streamed source (TSV, RecordIO) so the clean list, the resume set and the limit mean the same
+    thing everywhere; ``finished`` marks keys already in ``skip`` (reported, not re-aligned).
+    """
+    taken = 0
+    for key, row in rows:
+        if keep is not None:
+            if not keep.contains(key):
+                continue
+            key = keep.relabel(key)
+        if limit is not None and taken >= limit:
+            return
+        taken += 1
+        yield key, row, skip is not None and key in skip
