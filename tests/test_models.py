@@ -443,3 +443,129 @@ def test_model_meta_dict_round_trip():
     assert ModelMeta.from_dict(data) == meta
     with pytest.raises(ValueError, match="unknown keys"):
         ModelMeta.from_dict({**data, "colour": "bgr"})
+
+
+# ------------------------------------------------------------------------------------------------ insightface aliases
+
+ALIASES = {"r18": "iresnet18", "r34": "iresnet34", "r50": "iresnet50", "r100": "iresnet100", "r200": "iresnet200"}
+
+
+@pytest.mark.parametrize("alias", sorted(ALIASES))
+def test_insightface_alias_builds_the_registered_model(alias):
+    from facerco.models import is_model, model_family, resolve_model_name
+
+    model = _meta_model(alias)
+    assert model.meta.name == ALIASES[alias] == resolve_model_name(alias)  # checkpoints/exports carry the real name
+    assert count_params(model) == count_params(_meta_model(ALIASES[alias]))
+    assert is_model(alias) and model_family(alias) == "iresnet"
+    assert alias not in list_models()  # the listing stays one row per model
+
+
+def test_alias_registration_refuses_clashes_and_unknown_targets():
+    from facerco.models import list_aliases, register_alias
+
+    with pytest.raises(ValueError, match="'r50' is already an alias of 'iresnet50'"):
+        register_alias("r50", "iresnet100")
+    with pytest.raises(ValueError, match="'mbf' is already a registered model"):
+        register_alias("mbf", "iresnet18")
+    with pytest.raises(ValueError, match="target model 'r999' is not registered"):
+        register_alias("x", "r999")
+    with pytest.raises(ValueError, match="already an alias of 'iresnet18'"):
+
+        @register_model
+        def r18(**overrides):  # noqa: ARG001
+            return nn.Identity()
+
+    register_alias("r18", "iresnet18")  # re-registering the same alias is harmless (module reloads)
+    assert list_aliases()["iresnet100"] == ["r100"]
+    with pytest.raises(ValueError, match=r"unknown model 'r101'; did you mean 'r100'.*aliases: r18=iresnet18"):
+        create_model("r101")
+
+
+def test_model_info_accepts_and_lists_aliases(capsys):
+    from facerco.cli import main
+
+    assert main(["model-info", "r100", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == "iresnet100" and info["aliases"] == ["r100"]
+    assert info["params"] == count_params(_meta_model("iresnet100"))
+    assert main(["model-info", "--list"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["iresnet50"][-1] == "r50" and rows["iresnet200"][-1] == "r200" and rows["mbf"][-1] == "-"
+
+
+def test_config_model_name_alias(tmp_path):
+    from facerco.config import load_config
+    from facerco.train.teacher import build_backbone
+
+    (tmp_path / "t.yaml").write_text("kind: teacher\nmodel:\n  name: r50\n")
+    cfg = load_config(tmp_path / "t.yaml")
+    with torch.device("meta"):
+        assert build_backbone(cfg).meta.name == "iresnet50"
+        assert build_backbone(load_config(tmp_path / "t.yaml", ["model.name=r18"])).meta.name == "iresnet18"
+
+
+def _small_r18(**kw):
+    torch.manual_seed(0)
+    return create_model("r18", width_mult=0.125, input_size=32, **kw)
+
+
+def test_checkpoints_read_and_check_aliases(tmp_path):
+    model = _small_r18()
+    path = save_model_checkpoint(tmp_path / "m.safetensors", model)
+    assert read_checkpoint_metadata(path)["arch"] == "iresnet18"
+    assert load_model(path, arch="r18").model.meta.name == "iresnet18"  # alias as a check of the header
+    with pytest.raises(ValueError, match=r"m\.safetensors: checkpoint holds 'iresnet18', but arch='r50'"):
+        load_model(path, arch="r50")
+    # a header written by hand (or by another tool) with the insightface name loads too
+    from safetensors.torch import load_file, save_file
+
+    header = read_checkpoint_metadata(path)
+    save_file(load_file(str(path)), str(tmp_path / "h.safetensors"), metadata={"facerco": json.dumps(
+        {**header, "arch": "r18"})})
+    loaded = load_model(tmp_path / "h.safetensors", arch="iresnet18")
+    assert loaded.model.meta.name == "iresnet18"
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), model.state_dict().values(),
+                                                 strict=True))
+    torch.save(model.state_dict(), tmp_path / "m.pth")
+    pth = load_model(tmp_path / "m.pth", arch="r18", arch_kwargs={"width_mult": 0.125, "input_size": 32})
+    assert pth.metadata["arch"] == "iresnet18" and pth.model.meta.name == "iresnet18"
+
+
+def _write_images(root, names):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / name)
+
+
+def test_arch_alias_on_the_command_line(tmp_path, capsys):
+    """`--arch r18` in eval megaface, export embeddings and export onnx (insightface .pth and facerco checkpoints)."""
+    from facerco.cli import main
+
+    torch.manual_seed(0)
+    torch.save(create_model("iresnet18").state_dict(), tmp_path / "r18.pth")  # a published-size insightface file
+    _write_images(tmp_path / "probes", [f"id{i}/{j}.png" for i in range(2) for j in range(2)])
+    _write_images(tmp_path / "dist", ["d0.png", "d1.png", "d2.png"])
+    (tmp_path / "dist.txt").write_text("".join(f"{tmp_path / 'dist' / f'd{i}.png'}\n" for i in range(3)))
+    assert main(["export", "embeddings", str(tmp_path / "r18.pth"), str(tmp_path / "dist.txt"), "-o",
+                 str(tmp_path / "emb"), "--arch", "r18", "--device", "cpu"]) == 0
+    assert "wrote 3 embeddings (dim 512" in capsys.readouterr().out
+    assert main(["eval", "megaface", "--model", str(tmp_path / "r18.pth"), "--arch", "r18", "--probes",
+                 str(tmp_path / "probes"), "--distractors", str(tmp_path / "dist.txt"), "--sizes", "3", "--device",
+                 "cpu", "--num-workers", "0", "--far", "0.5", "--out", str(tmp_path / "rep")]) == 0
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())["identification"]
+    assert next(iter(rep.values()))["num_probes"] == 4
+    save_model_checkpoint(tmp_path / "s.safetensors", _small_r18())
+    assert main(["export", "onnx", str(tmp_path / "s.safetensors"), "-o", str(tmp_path / "s.onnx"), "--arch", "r18",
+                 "--no-check", "--exporter", "legacy"]) == 0
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "s.onnx")).metadata_props}
+    assert props["facerco.arch"] == "iresnet18"
+    assert main(["export", "onnx", str(tmp_path / "s.safetensors"), "-o", str(tmp_path / "t.onnx"), "--arch", "r50",
+                 "--no-check"]) == 1
+    assert "holds 'iresnet18', but arch='r50'" in capsys.readouterr().err

@@ -216,7 +216,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", help="architecture of an insightface .pth/.pt state_dict (e.g. iresnet100)")
+    p.add_argument("--arch", help="architecture of an insightface .pth/.pt state_dict (e.g. iresnet100 or r100)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--num-workers", type=int, default=2, help="image decoding workers")

@@ -96,7 +96,7 @@ def _add_onnx(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("onnx", help="backbone checkpoint -> one self-contained ONNX file (+ parity report)")
     p.add_argument("checkpoint", help="facerco .safetensors checkpoint (or insightface .pth with --arch)")
     p.add_argument("-o", "--output", required=True, help="destination .onnx file")
-    p.add_argument("--arch", default=None, help="architecture name, needed only for insightface .pth state dicts")
+    p.add_argument("--arch", default=None, help="architecture (e.g. iresnet100 or r100) of an insightface .pth")
     p.add_argument("--fp16", action="store_true", help="fp16 weights and compute, float32 input/output")
     p.add_argument("--simplify", action="store_true", help="run onnxsim on the exported graph")
     p.add_argument("--opset", type=int, default=_DEFAULT_OPSET,
@@ -124,7 +124,7 @@ def _add_embeddings(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="npy element type (MegaFace files are always float32)")
     p.add_argument("--algo", default=None, help="algorithm name in MegaFace feature file names (required there)")
-    p.add_argument("--arch", default=None, help="architecture name for insightface .pth state dicts")
+    p.add_argument("--arch", default=None, help="architecture (e.g. iresnet100 or r100) of an insightface .pth")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-flip", action="store_true", help="do not fuse the horizontally flipped image")

@@ -1,5 +1,7 @@
 """`facerco model-info NAME` / `facerco model-info --list`: parameters, MACs and embedding size of backbones.
 
+NAME may be an alias (insightface's ``r100`` for ``iresnet100``); the listing shows each model's aliases.
+
 Models are built on PyTorch's meta device, so even iresnet200 is counted without allocating its weights.
 """
 
@@ -11,7 +13,7 @@ import json
 import torch
 
 from facerco.commands._common import add_debug_arg
-from facerco.models import create_model, list_models, model_family
+from facerco.models import create_model, list_aliases, list_models, model_family, resolve_model_name
 from facerco.models.complexity import measure_complexity
 
 __all__ = ["register", "model_info"]
@@ -19,7 +21,8 @@ __all__ = ["register", "model_info"]
 
 def model_info(name: str, embedding_size: int | None = None, width_mult: float | None = None,
                input_size: int = 112) -> dict[str, object]:
-    """Params and MACs (conv + linear, per image) of one registered model at ``input_size`` x ``input_size``."""
+    """Params and MACs (conv + linear, per image) of one registered model (or alias) at ``input_size`` squared."""
+    name = resolve_model_name(name)
     with torch.device("meta"):
         model = create_model(name, embedding_size=embedding_size, width_mult=width_mult,
                              input_size=None if input_size == 112 else input_size)
@@ -27,6 +30,7 @@ def model_info(name: str, embedding_size: int | None = None, width_mult: float |
     return {
         "name": name,
         "family": model_family(name),
+        "aliases": list_aliases().get(name, []),
         "params": cx.params,
         "trainable_params": cx.trainable_params,
         "macs": cx.macs,
@@ -40,8 +44,9 @@ def model_info(name: str, embedding_size: int | None = None, width_mult: float |
 def _row(info: dict[str, object]) -> str:
     macs = int(info["macs"])  # type: ignore[arg-type]
     mac_text = f"{macs / 1e9:.2f}G" if macs >= 1e9 else f"{macs / 1e6:.0f}M"
+    aliases = ", ".join(info["aliases"]) or "-"  # type: ignore[arg-type]
     return (f"{info['name']:<15} {info['family']:<14} {int(info['params']) / 1e6:>8.2f}M "  # type: ignore[arg-type]
-            f"{mac_text:>8} {info['embedding_size']:>6}")
+            f"{mac_text:>8} {info['embedding_size']:>6}   {aliases}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -56,7 +61,8 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(infos if args.list else infos[0], indent=2))
         return 0
     side = args.input_size
-    print(f"{'model':<15} {'family':<14} {'params':>9} {'MACs':>8} {'emb':>6}   (MACs: conv+linear at {side}x{side})")
+    print(f"{'model':<15} {'family':<14} {'params':>9} {'MACs':>8} {'emb':>6}   aliases   "
+          f"(MACs: conv+linear at {side}x{side})")
     for info in infos:
         print(_row(info))
     return 0
@@ -64,8 +70,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("model-info", help="parameters, MACs and embedding size of a backbone")
-    parser.add_argument("name", nargs="?", help="registered model name (see --list)")
-    parser.add_argument("--list", action="store_true", help="every registered model")
+    parser.add_argument("name", nargs="?", help="registered model name or alias, e.g. iresnet100 or r100 (see --list)")
+    parser.add_argument("--list", action="store_true", help="every registered model, with its aliases")
     parser.add_argument("--embedding-size", type=int, default=None, help="override the embedding size")
     parser.add_argument("--width-mult", type=float, default=None, help="override the width multiplier")
     parser.add_argument("--input-size", type=int, default=112, help="square input side for MACs (default 112)")

@@ -23,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from facerco.models._registry import create_model
+from facerco.models._registry import create_model, resolve_model_name
 from facerco.utils.io import atomic_path
 
 __all__ = [
@@ -206,9 +206,13 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path
 
 def _load_facerco(path: Path, arch: str | None) -> LoadedModel:
     header, tensors = _read_safetensors(path)
-    if arch is not None and arch != header["arch"]:
+    try:
+        held = resolve_model_name(header["arch"])
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if arch is not None and resolve_model_name(arch) != held:
         raise ValueError(f"{path}: checkpoint holds '{header['arch']}', but arch='{arch}' was asked for")
-    model = create_model(header["arch"], **header["arch_kwargs"])
+    model = create_model(held, **header["arch_kwargs"])
     state = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
     other = sorted(k for k in tensors if not k.startswith("backbone.") and k != "classifier.weight")
     if other:
@@ -260,7 +264,7 @@ def _load_torch(path: Path, arch: str | None, arch_kwargs: Mapping[str, Any] | N
     header = {
         "format_version": None,
         "source": "torch_state_dict",
-        "arch": arch,
+        "arch": model.meta.name,
         "arch_kwargs": dict(model.meta.arch_kwargs),
         "embedding_size": model.meta.embedding_size,
     }
