@@ -15,8 +15,6 @@ from facerco.config import config_from_dict
 from facerco.route.io import load_route
 from facerco.train.checkpoint import load_resume
 
-pytest.importorskip("facerco.losses.partial_fc")
-
 
 def _faces(root: Path) -> None:
     rng = np.random.default_rng(2)

@@ -22,8 +22,6 @@ from facerco.route.io import load_route
 from facerco.train.checkpoint import load_resume
 from facerco.train.teacher import train_teacher
 
-pytest.importorskip("facerco.losses.partial_fc")
-
 STEPS_PER_EPOCH = 6
 EPOCHS = 8
 

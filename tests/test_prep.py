@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facerco.data import synthetic
 from facerco.prep.align import (
     ARCFACE_TEMPLATE_112,
     REPORT_NAME,
@@ -195,7 +196,6 @@ def test_align_cli_all_faces_224(tmp_path):
 
 
 def _wild_faces(tmp_path: Path, n_id: int, n_img: int, zero_pose: bool) -> tuple[Path, Path]:
-    synthetic = pytest.importorskip("facerco.data.synthetic")
     nuisance = synthetic.Nuisance(**_ZERO_POSE) if zero_pose else None
     root = tmp_path / "wild"
     csv_path = synthetic.write_identity_folder(root, n_id, n_img, seed=1, wild=True, nuisance=nuisance)

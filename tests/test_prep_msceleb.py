@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facerco.data import synthetic
 from facerco.prep.align import ARCFACE_TEMPLATE_112, REPORT_NAME, encode_image, read_image, read_report
 from facerco.prep.detectors import DetectorSpec
 from facerco.prep.msceleb import convert_tsv, decode_rectangle, iter_tsv
@@ -113,7 +114,6 @@ def test_convert_tsv_extract_only_and_limit(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("dlib") is None, reason="dlib not installed")
 def test_face_rectangle_hint_rescues_dlib(tmp_path):
     """A face too small for HOG without upsampling is still aligned when the TSV's rectangle is given."""
-    synthetic = pytest.importorskip("facerco.data.synthetic")
     face = synthetic.render_aligned(0, 1, 0, nuisance=synthetic.Nuisance().scaled(0.0)).image
     tsv = tmp_path / "t.tsv"
     rect = struct.pack("<4f", 20.0, 20.0, 70.0, 70.0)

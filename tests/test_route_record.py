@@ -16,8 +16,6 @@ from facerco.route.io import ChecksumError, format_route_table, load_route
 from facerco.route.record import planned_points, point_name
 from facerco.train.teacher import train_teacher
 
-pytest.importorskip("facerco.losses.partial_fc")
-
 
 def write_faces(root: Path, identities: int = 6, per_identity: int = 4, size: int = 16, seed: int = 0) -> Path:
     """A tiny identity folder: each identity is a colour pattern plus noise, as JPEG <id>/<id>_000k.jpg."""
