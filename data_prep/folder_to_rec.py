@@ -2,7 +2,7 @@
 
 Usage:
     python data_prep/folder_to_rec.py SRC ALIGNED_DIR DATASET_DIR [--detector dlib] [--upsample 1] [--workers N]
-        [--select largest|central] [--size 112]
+        [--select largest|central] [--size 112] [--debug]
 
     SRC          <identity>/<image> photos (any depth below the identity folder).
     ALIGNED_DIR  mirrored aligned tree + align_report.csv (resumable; failures are listed there and skipped).
@@ -18,12 +18,19 @@ import argparse
 import os
 import sys
 
+from facerco.cli import run_guarded
+from facerco.commands._common import add_debug_arg
 from facerco.commands.align import add_detector_args, spec_from_args
 from facerco.prep.align import align_tree
 from facerco.prep.pack import pack_folder
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return run_guarded("folder_to_rec", lambda: _run(args), args.debug)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src")
     parser.add_argument("aligned_dir")
@@ -33,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in DATASET_DIR")
     add_detector_args(parser)
-    args = parser.parse_args(argv)
+    add_debug_arg(parser)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
     counts = align_tree(
         args.src,
         args.aligned_dir,

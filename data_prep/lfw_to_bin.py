@@ -2,7 +2,7 @@
 
 Usage:
     python data_prep/lfw_to_bin.py LFW_ROOT OUT_DIR [--pairs PAIRS_TXT] [--detector dlib] [--upsample 1]
-        [--workers N] [--folds K] [--per-set N] [--size 112]
+        [--workers N] [--folds K] [--per-set N] [--size 112] [--debug]
 
     LFW_ROOT  folder with <name>/<name>_NNNN.jpg (e.g. lfw-deepfunneled or the original lfw); pairs.txt is taken
               from LFW_ROOT/pairs.txt unless --pairs is given (View 2: 10 folds x 600 pairs).
@@ -21,11 +21,18 @@ import os
 import sys
 from pathlib import Path
 
+from facerco.cli import run_guarded
+from facerco.commands._common import add_debug_arg
 from facerco.commands.align import add_detector_args, spec_from_args
 from facerco.prep.lfw import build_lfw_bin
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return run_guarded("lfw_to_bin", lambda: _run(args), args.debug)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("lfw_root")
     parser.add_argument("out_dir")
@@ -35,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     add_detector_args(parser)
-    args = parser.parse_args(argv)
+    add_debug_arg(parser)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
     pairs = args.pairs or str(Path(args.lfw_root) / "pairs.txt")
     summary = build_lfw_bin(
         args.lfw_root,

@@ -367,8 +367,8 @@ def align_tree(
     return counts
 
 
-def _open_report(path: Path):
-    """Open the report for appending: header when new, and a newline first if a killed job left a torn line."""
+def _open_report(path: Path, columns: list[str] = REPORT_COLUMNS):
+    """Open a CSV report for appending: header when new, and a newline first if a killed job left a torn line."""
     torn = False
     if path.is_file() and path.stat().st_size > 0:
         with open(path, "rb") as handle:
@@ -378,7 +378,7 @@ def _open_report(path: Path):
     if torn:
         handle.write("\n")
     if handle.tell() == 0:
-        csv.writer(handle).writerow(REPORT_COLUMNS)
+        csv.writer(handle).writerow(columns)
     return handle
 
 

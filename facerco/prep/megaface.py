@@ -6,6 +6,9 @@ Output (see eval/megaface/README.md): ``OUT/facescrub_images/<Identity>/<image>.
 holding ``{"bounding_box": {"x", "y", "width", "height"}}`` (the MegaFace distractor metadata) and, for FaceScrub,
 an optional actors/actresses list (tab-separated with a header: ``name``, ``image_id`` or ``face_id``, ``bbox`` as
 ``x1,y1,x2,y2``) whose images are named ``<name>_<face_id>.<ext>`` as the usual download scripts do.
+
+A photo that cannot be read or decoded, or whose sidecar is damaged, is listed in ``<tree>/bad_rows.csv`` and
+skipped (``strict``: an error), as for every stream (:mod:`facerco.prep.stream`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 from facerco.prep.align import list_images
 from facerco.prep.detectors import DetectorSpec
-from facerco.prep.stream import StreamItem, align_stream, finished_keys
+from facerco.prep.stream import BadRow, StreamItem, align_stream, bad_rows_summary, finished_keys
 from facerco.utils.io import atomic_write_text, write_json
 
 __all__ = ["read_sidecar_box", "read_facescrub_boxes", "tree_items", "build_megaface_pack"]
@@ -53,18 +56,31 @@ def read_facescrub_boxes(path: str | os.PathLike[str]) -> dict[str, tuple[float,
 
 def tree_items(
     root: Path, suffix: str, skip: set[str], boxes: dict | None = None, prefix: str = ""
-) -> Iterator[StreamItem]:
-    """Images under ``root`` as stream items keyed ``prefix + <relative path with suffix>``."""
+) -> Iterator[StreamItem | BadRow]:
+    """Images under ``root`` as stream items keyed ``prefix + <relative path with suffix>``; an unreadable photo
+    or sidecar as a :class:`BadRow`."""
     for rel in list_images(root):
         key = prefix + str(Path(rel).with_suffix(suffix).as_posix())
         if key in skip:
             yield StreamItem(key, b"")
             continue
-        path = root / rel
+        yield _tree_item(root / rel, rel, key, boxes)
+
+
+def _tree_item(path: Path, rel: str, key: str, boxes: dict | None) -> StreamItem | BadRow:
+    """One photo with its box hint; a damaged sidecar or an unreadable file is a bad row naming that file."""
+    side = path.with_name(path.name + ".json")
+    try:
         hint = read_sidecar_box(path)
-        if hint is None and boxes:
-            hint = boxes.get(Path(rel).stem)
-        yield StreamItem(key, path.read_bytes(), hint, source_key=rel)
+    except ValueError as exc:
+        return BadRow(str(side), None, str(exc).removeprefix(f"{side}: "), key)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return BadRow(str(path), None, exc.strerror or str(exc), key)
+    if hint is None and boxes:
+        hint = boxes.get(Path(rel).stem)
+    return StreamItem(key, data, hint, source_key=rel, origin=(str(path), None))
 
 
 def build_megaface_pack(
@@ -77,19 +93,24 @@ def build_megaface_pack(
     size: int = 112,
     workers: int = 1,
     progress: bool = True,
+    strict: bool = False,
 ) -> dict:
-    """Align the probe and/or distractor trees into ``out_dir`` (resumable); writes ``megaface_lst`` and a report."""
+    """Align the probe and/or distractor trees into ``out_dir`` (resumable); writes ``megaface_lst`` and a report.
+
+    Damaged photos or sidecars are listed in ``<tree>/bad_rows.csv`` and skipped; ``strict`` stops at the first.
+    """
     out = Path(out_dir)
     summary: dict = {"detector": spec.name, "detector_options": spec.options}
+    run = {"size": size, "workers": workers, "progress": progress, "strict": strict}
     if facescrub is not None:
         dst = out / "facescrub_images"
         boxes = read_facescrub_boxes(facescrub_list) if facescrub_list else None
         items = tree_items(Path(facescrub), ".png", finished_keys(dst), boxes)
-        summary["facescrub"] = align_stream(items, dst, spec, size=size, workers=workers, progress=progress)
+        summary["facescrub"] = {**align_stream(items, dst, spec, **run), **bad_rows_summary(dst)}
     if megaface is not None:
         dst = out / "megaface_images"
         items = tree_items(Path(megaface), ".jpg", finished_keys(dst))
-        summary["megaface"] = align_stream(items, dst, spec, size=size, workers=workers, progress=progress)
+        summary["megaface"] = {**align_stream(items, dst, spec, **run), **bad_rows_summary(dst)}
         listed = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.jpg"))
         atomic_write_text(out / "megaface_lst", "".join(f"{p}\n" for p in listed))
         summary["megaface"]["listed"] = len(listed)
