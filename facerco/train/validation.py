@@ -75,7 +75,9 @@ def build_validator(
         if not Path(b).is_file():
             raise FileNotFoundError(f"{b}: data.val_bins entry not found")
     if val_pairs and not Path(val_pairs).is_file():
-        raise FileNotFoundError(f"{val_pairs}: data.val_pairs not found")
+        from facerco.data.lfw_split import prepare_hint  # says "re-run the split" for an outdated LFW folder
+
+        raise FileNotFoundError(f"{val_pairs}: data.val_pairs not found{prepare_hint(val_pairs)}")
     if val_pairs and not Path(val_root).is_dir():
         raise FileNotFoundError(f"{val_root}: data.val_root (images of data.val_pairs) not found")
     if not val_bins and not val_pairs:
