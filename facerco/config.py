@@ -187,6 +187,8 @@ class DistillConfig:
 @dataclass
 class EvalConfig:
     bins: list[str] = field(default_factory=list)
+    test_pairs: str = ""  # the reported test set (LFW pairs file); `compare` refuses a data.val_pairs equal to it
+    test_bins: list[str] = field(default_factory=list)  # the reported test .bin sets; never data.val_bins either
     batch_size: int = 256
     far_targets: list[float] = field(default_factory=lambda: [1e-3, 1e-4])
 

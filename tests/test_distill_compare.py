@@ -128,3 +128,58 @@ def test_report_only_tabulates_finished_runs(setup):
     run_compare(variants[:1], [0], root / "partial", validator_factory=_nn_validator)
     table = run_compare(variants, [0], root / "partial", validator_factory=_nn_validator, train=False)
     assert [r["n"] for r in table["rows"]] == [1, 0]
+
+
+# ---- validation must not be the reported test set (issue 11, item 1) -------------------------------------------
+
+def _guard_cfg(tmp_path, **data):
+    from facerco.config import config_from_dict
+
+    contents = {"val.txt": "val pairs", "heldout.txt": "test pairs", "copy.txt": "test pairs", "val.bin": "val",
+                "test.bin": "test"}
+    for name, text in contents.items():
+        (tmp_path / name).write_text(text)
+    return config_from_dict({"kind": "student", "data": {"format": "folder", "train": str(tmp_path), **data},
+                             "distill": {"teacher_run": str(tmp_path / "teacher")},
+                             "eval": {"test_pairs": str(tmp_path / "heldout.txt"),
+                                      "test_bins": [str(tmp_path / "test.bin")]}})
+
+
+def test_compare_refuses_validation_on_the_test_set(tmp_path):
+    from facerco.train.compare import Variant, check_validation_not_test
+
+    fine = _guard_cfg(tmp_path, val_pairs=str(tmp_path / "val.txt"), val_bins=[str(tmp_path / "val.bin")])
+    check_validation_not_test("ok", fine)  # separate files: accepted
+    cases = {
+        "data.val_pairs=.*eval.test_pairs=": {"val_pairs": str(tmp_path / "heldout.txt")},  # the same path
+        "data.val_pairs=.*copy.txt is eval.test_pairs=": {"val_pairs": str(tmp_path / "copy.txt")},  # same sha256
+        "data.val_pairs=.*eval.test_pairs=.*heldout": {"val_pairs": f"{tmp_path}/../{tmp_path.name}/heldout.txt"},
+        "data.val_bins=.*eval.test_bins=": {"val_bins": [str(tmp_path / "val.bin"), str(tmp_path / "test.bin")]},
+    }
+    for message, data in cases.items():
+        cfg = _guard_cfg(tmp_path, **data)
+        with pytest.raises(ValueError, match=f"variant 'bad' validates on its reported test set .*{message}"):
+            run_compare([Variant("bad", "x", cfg)], [0], tmp_path / "out")  # refused before any training
+
+
+def test_shipped_lfw_configs_validate_on_their_own_split(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from facerco.cli import main
+    from facerco.config import load_config
+    from facerco.train.compare import check_validation_not_test
+
+    repo = Path(__file__).resolve().parents[1]
+    files = [repo / "configs" / "teacher" / "lfw_cpu.yaml", *sorted((repo / "configs" / "student").glob("lfw_cpu_*"))]
+    for f in files:
+        cfg = load_config(f)
+        assert cfg.data.val_pairs.endswith("/pairs_val.txt") and cfg.data.val_root.endswith("/val"), f
+        assert cfg.eval.test_pairs.endswith("/pairs_heldout.txt"), f
+        check_validation_not_test(f.stem, cfg)
+    monkeypatch.chdir(tmp_path)  # the configs' runs/ paths need not exist: the same path is refused by name
+    student = repo / "configs" / "student" / "lfw_cpu_mimic_best.yaml"
+    code = main(["compare", str(student), "--set", "data.val_pairs=runs/lfw_cpu_data/pairs_heldout.txt",
+                 "--out", str(tmp_path / "cmp")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "validates on its reported test set (data.val_pairs=runs/lfw_cpu_data/pairs_heldout.txt" in err

@@ -16,6 +16,8 @@ Each (variant, seed) trains into ``OUT/<variant>/seed<k>`` (skipped when its sum
 interrupted comparison resumes). The table reports, per variant, the validation metrics at the end (mean ± std over
 seeds), the paired difference to ``mimic_final`` on the primary metric, and a dimension-free congruence with the
 final teacher: the relational divergence ``mean_ij (S_student - S_teacher)^2`` of probe cosine-similarity matrices.
+A variant whose validation file (``data.val_pairs`` / ``data.val_bins``) is its declared test set
+(``eval.test_pairs`` / ``eval.test_bins``: same path or same sha256) is refused before anything trains.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from torch import nn
 
 from facerco.config import Config, load_config
 
-__all__ = ["VARIANTS", "Variant", "builtin_variants", "file_variants", "run_compare", "format_table"]
+__all__ = ["VARIANTS", "Variant", "builtin_variants", "file_variants", "run_compare", "format_table",
+           "check_validation_not_test"]
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "scratch": ("ArcFace only", ["distill.strategy=final", "distill.mimic_weight=0", "distill.kd_weight=0",
@@ -96,6 +99,36 @@ def _common_prefix(stems: Sequence[str]) -> str:
             prefix = prefix[:-1]
     cut = max(prefix.rfind("_"), prefix.rfind("-"))
     return prefix[: cut + 1] if cut >= 0 else ""
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Same resolved path, or two existing files of equal size and sha256 (a copy is still the same set)."""
+    from facerco.utils.io import sha256_file
+
+    pa, pb = Path(a).resolve(), Path(b).resolve()
+    if pa == pb:
+        return True
+    if not (pa.is_file() and pb.is_file()) or pa.stat().st_size != pb.stat().st_size:
+        return False
+    return sha256_file(pa) == sha256_file(pb)
+
+
+def check_validation_not_test(name: str, cfg: Config) -> None:
+    """Refuse a variant that validates on its reported test set (``eval.test_pairs`` / ``eval.test_bins``).
+
+    Why: route metrics, ``strategy: best``, the gate and GSS choose on validation; choosing on the pairs the table
+    then reports inflates every row. The test set is what the config declares under ``eval``.
+    """
+    vals = [("data.val_pairs", cfg.data.val_pairs)] if cfg.data.val_pairs else []
+    vals += [("data.val_bins", b) for b in cfg.data.val_bins]
+    tests = [("eval.test_pairs", cfg.eval.test_pairs)] if cfg.eval.test_pairs else []
+    tests += [("eval.test_bins", b) for b in cfg.eval.test_bins]
+    for vkey, val in vals:
+        for tkey, test in tests:
+            if _same_file(val, test):
+                raise ValueError(f"compare: variant {name!r} validates on its reported test set ({vkey}={val} is "
+                                 f"{tkey}={test}); validate on a split of its own, e.g. pairs_val.txt of "
+                                 "facerco.data.lfw_split")
 
 
 def _with_run(cfg: Config, out: Path, seed: int) -> Config:
@@ -162,6 +195,7 @@ def run_compare(variants: Sequence[Variant], seeds: Sequence[int], out_dir: str 
                 or v.cfg.model != base.model or v.cfg.data.train != base.data.train:
             raise ValueError(f"compare: variant {v.name!r} differs from {variants[0].name!r} in teacher run, "
                              "student model, data or train.epochs; the comparison needs the same budget")
+        check_validation_not_test(v.name, v.cfg)
     probe = probe_images(open_train_dataset(base), base.distill.gss_probe_images, base.distill.gss_seed)
     records: list[RunRecord] = []
     for v in variants:
