@@ -17,12 +17,13 @@ Split (``lfw_split``), a pure function of the folder listing, ``pairs.txt`` and 
   ``m`` matched and first ``m`` mismatched surviving pairs, with ``m`` the smallest such count over folds;
 * **validation pairs**: the same rule applied to the official pairs whose two people are both in val or val
   distractors, when every fold keeps at least ``val_pairs_per_set`` (60) matched and mismatched pairs. Otherwise
-  (the usual case: a mismatched official pair needs *both* its people drawn into a ~15 % slice, so on real LFW only
-  ~4 per fold survive) the validation pairs are **generated** from the val images with the ``[seed, 2]`` stream,
-  in the same format: per pair, a matched pair picks a val person uniformly, then two of their images; a
-  mismatched pair picks two people uniformly from val + val distractors (as the official mismatched pairs mix in
-  single-image people), then one image each; no pair repeats; 10 folds of ``val_pairs_per_set`` matched then
-  mismatched pairs (folds are not identity-disjoint: they only serve the threshold cross-validation).
+  (the usual case: a mismatched official pair needs *both* its people drawn into a ~15 % slice, so on real LFW
+  237 matched but only 48 mismatched pairs survive, 2 in the poorest fold) the validation pairs are
+  **generated** from the val images with the ``[seed, 2]`` stream, in the same format: per pair, a matched pair
+  picks a val person uniformly, then two of their images; a mismatched pair picks two people uniformly from val +
+  val distractors (as the official mismatched pairs mix in single-image people), then one image each; no pair
+  repeats; 10 folds of ``val_pairs_per_set`` matched then mismatched pairs (folds are not identity-disjoint: they
+  only serve the threshold cross-validation).
   ``split.json`` records which (``val_pairs_source``: ``official`` or ``generated``).
 
 ``num_train=400, seed=0`` on the real LFW gives 400 train / 170 val (+600 val distractors, 1,200 generated
