@@ -107,6 +107,10 @@ class ArrayDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i], int(self.labels[i])
 
+    def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch by one tensor indexing (the engine's batch path, :meth:`KeyedDataset.__getitems__`)."""
+        return self.images[indices], torch.from_numpy(self.labels)[indices]
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Models and the classifier task

@@ -154,7 +154,9 @@ class DistillConfig:
     """RCO: which anchors from the teacher route, on what schedule, with which losses."""
 
     teacher_run: str = ""  # teacher run directory holding route.json
-    strategy: Literal["final", "best", "eeis", "gss", "manual", "none"] = "eeis"
+    # final / best / eeis / gss / manual / none, and the route strategies of facerco.route.strategies
+    strategy: Literal["final", "best", "eeis", "gss", "manual", "none", "lockstep", "phase", "early", "ensemble",
+                      "reverse", "gss_online"] = "eeis"
     num_anchors: int = 4  # EEIS: n evenly spaced route points ending with the final one
     eeis_every: int = 0  # EEIS: every k-th route point instead of num_anchors, when > 0
     anchors: list[str] = field(default_factory=list)  # manual list of route point names
@@ -165,7 +167,9 @@ class DistillConfig:
     gss_divergence: Literal["auto", "kl", "l2", "cosine", "relational"] = "auto"
     gss_use_logits: bool = True  # KL of softened logits when the route stores classifiers
     gss_max_anchors: int = 0  # cap on the number of anchors (final included); 0 = no cap
-    best_metric: str = ""  # strategy=best: route val metric to maximise; empty = the first one recorded
+    best_metric: str = ""  # strategy=best/early: route val metric to maximise; empty = the first one recorded
+    early_point: str = ""  # strategy=early: the route point to follow; empty = chosen on validation
+    phase_drop_ratio: float = 0.5  # phase/early/ensemble: an lr drop is a next-point lr below this x the current
     schedule: Literal["one_stage", "multi_stage"] = "one_stage"
     final_share: float = 0.25  # share of the budget spent on the final teacher
     restart_lr: bool = True  # multi-stage: each stage restarts the lr schedule

@@ -36,7 +36,9 @@ def _cache(args: argparse.Namespace) -> int:
         image_size = cfg.data.image_size if args.image_size is None else image_size
         dataset_for_plan = open_dataset(args.dataset, args.format, EvalTransform(image_size))
         _, _, stage_plan = prepare_plan(cfg, route, dataset_for_plan)
-        names = list(dict.fromkeys(stage_plan.anchors + [points[-1].name]))
+        from facerco.route.strategies import required_points
+
+        names = required_points(stage_plan, points)  # ensemble members; every point for online GSS
     elif args.anchors:
         names = [n.strip() for n in args.anchors.split(",") if n.strip()]
         names = [points[-1].name if n == "final" else n for n in names]

@@ -10,18 +10,16 @@ import argparse
 
 from facerco.commands._common import add_debug_arg
 
-_BUILTIN = ("scratch", "mimic_final", "mimic_best", "rco_eeis_one", "rco_eeis_multi", "rco_gss")
-
 
 def _compare(args: argparse.Namespace) -> int:
-    from facerco.train.compare import builtin_variants, file_variants, format_table, run_compare
+    from facerco.train.compare import DEFAULT_VARIANTS, builtin_variants, file_variants, format_table, run_compare
 
     configs = [c for c in args.configs if "=" not in c]
     overrides = [c for c in args.configs if "=" in c] + list(args.set)
     if not configs:
         raise ValueError("compare: give at least one student config")
     if len(configs) == 1:
-        names = [n.strip() for n in args.variants.split(",") if n.strip()] if args.variants else list(_BUILTIN)
+        names = [n.strip() for n in args.variants.split(",") if n.strip()] if args.variants else list(DEFAULT_VARIANTS)
         variants = builtin_variants(configs[0], overrides, names)
     else:
         if args.variants:
@@ -34,13 +32,16 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from facerco.train.compare import DEFAULT_VARIANTS, VARIANTS
+
     parser = subparsers.add_parser(
         "compare", help="train baselines and RCO variants under one budget and print a table",
-        description="One base student config: the built-in variants (" + ", ".join(_BUILTIN) + ") are derived "
+        description="One base student config: the built-in variants (default " + ", ".join(DEFAULT_VARIANTS)
+                    + ") are derived "
                     "from it. Several configs: one variant each. Same student, data and budget; mean ± std over "
                     "--seeds. Finished runs under --out are reused, so an interrupted comparison resumes.")
     parser.add_argument("configs", nargs="+", help="student config(s), optionally followed by dotted overrides")
-    parser.add_argument("--variants", default="", help="comma-separated subset of the built-in variants")
+    parser.add_argument("--variants", default="", help="comma-separated built-in variants: " + ", ".join(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed values (default: 0)")
     parser.add_argument("--out", default="runs/compare", help="output folder (runs, compare.md, compare.json)")
     parser.add_argument("--metric", default="", help="primary val metric (default: the first '*acc' one)")

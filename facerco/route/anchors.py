@@ -42,7 +42,9 @@ __all__ = [
     "select_manual",
     "select_final",
     "select_best",
+    "best_point",
     "select_gss",
+    "gss_step",
     "divergence",
     "probe_indices",
     "format_plan",
@@ -59,6 +61,7 @@ class PointInfo:
     step: int
     val: dict[str, float]
     final: bool
+    lr: float = 0.0  # learning rate at the point (0 when the route did not record it): lr phases come from it
 
 
 @dataclass
@@ -105,12 +108,13 @@ def route_points(route: Any) -> list[PointInfo]:
             step=int(_get(p, "step", 0) or 0),
             val=val,
             final=bool(_get(p, "final", False)) or (final_name is not None and name == final_name),
+            lr=float(_get(p, "lr", 0.0) or 0.0),
         ))
     if not out:
         raise ValueError("route is empty: no checkpoints to choose anchors from")
     if not any(p.final for p in out):
         last = out[-1]
-        out[-1] = PointInfo(last.name, last.epoch, last.step, last.val, True)
+        out[-1] = PointInfo(last.name, last.epoch, last.step, last.val, True, last.lr)
     finals = [i for i, p in enumerate(out) if p.final]
     # anchors are chosen among points up to the final one, in route order
     return out[: finals[-1] + 1]
@@ -177,21 +181,26 @@ def default_metric(keys: Sequence[str]) -> str:
     return keys[0] if keys else ""
 
 
-def select_best(points: Sequence[PointInfo], metric: str = "") -> AnchorPlan:
-    """The best intermediate checkpoint (final excluded) by a validation metric (higher is better).
+def best_point(candidates: Sequence[PointInfo], metric: str = "", strategy: str = "best") -> tuple[str, str, float]:
+    """(name, metric, value) of the candidate with the highest validation ``metric``; ties go to the earlier one.
 
-    ``metric`` empty takes :func:`default_metric` of the recorded keys. Ties go to the earlier point.
+    ``metric`` empty takes :func:`default_metric` of the recorded keys.
     """
-    inter = list(points[:-1]) or list(points)
-    keys = [k for p in inter for k in p.val]
+    keys = [k for p in candidates for k in p.val]
     if not keys:
-        raise ValueError("strategy 'best' needs validation metrics in route.json; this route records none")
+        raise ValueError(f"strategy {strategy!r} needs validation metrics in route.json; this route records none")
     key = metric or default_metric(keys)
-    scored = [(p.val[key], -i, p.name) for i, p in enumerate(inter) if key in p.val]
+    scored = [(p.val[key], -i, p.name) for i, p in enumerate(candidates) if key in p.val]
     if not scored:
         raise ValueError(f"no route point records metric {key!r}; recorded: {sorted(set(keys))}")
-    best = max(scored)
-    return AnchorPlan("best", [best[2]], notes=f"best by {key}={best[0]:.4f}")
+    value, _, name = max(scored)
+    return name, key, value
+
+
+def select_best(points: Sequence[PointInfo], metric: str = "") -> AnchorPlan:
+    """The best intermediate checkpoint (final excluded) by a validation metric (higher is better)."""
+    name, key, value = best_point(list(points[:-1]) or list(points), metric)
+    return AnchorPlan("best", [name], notes=f"best by {key}={value:.4f}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -259,6 +268,28 @@ def probe_indices(num_items: int, count: int, seed: int) -> np.ndarray:
     return np.sort(rng.permutation(num_items)[: min(count, num_items)])
 
 
+def gss_step(current: ProbeOutput, later: dict[str, ProbeOutput], delta: float,
+             mode: Literal["absolute", "relative"] = "relative", kind: DivergenceKind = "auto",
+             temperature: float = 4.0) -> dict[str, Any]:
+    """One greedy GSS decision from ``current`` over the ``later`` checkpoints (route order, final last).
+
+    Returns the record logged in plans: ``kind``, ``threshold``, ``divergences``, ``chosen`` (the farthest later
+    checkpoint with ``D <= threshold``; the next one when none qualifies) and ``forced``. Shared by the planned walk
+    (:func:`select_gss`) and the online walk measured on the training student (:mod:`facerco.route.strategies`).
+    """
+    if not later:
+        raise ValueError("GSS step: no later checkpoint to choose from")
+    names = list(later)
+    divs: dict[str, float] = {}
+    used = ""
+    for name in names:
+        divs[name], used = divergence(current, later[name], kind, temperature)
+    threshold = delta if mode == "absolute" else delta * divs[names[-1]]
+    under = [n for n in names if divs[n] <= threshold]
+    chosen = under[-1] if under else names[0]  # farthest in route order under the threshold, else advance
+    return {"kind": used, "threshold": threshold, "divergences": divs, "chosen": chosen, "forced": not under}
+
+
 def select_gss(points: Sequence[PointInfo], outputs: dict[str, ProbeOutput], start: ProbeOutput | None,
                delta: float, mode: Literal["absolute", "relative"] = "relative", kind: DivergenceKind = "auto",
                temperature: float = 4.0, max_anchors: int = 0) -> AnchorPlan:
@@ -282,16 +313,10 @@ def select_gss(points: Sequence[PointInfo], outputs: dict[str, ProbeOutput], sta
     while not (pos >= 0 and names[pos] == final):
         if max_anchors and len(anchors) >= max_anchors - 1:
             break
-        later = names[pos + 1:]
-        divs: dict[str, float] = {}
-        used = ""
-        for name in later:
-            divs[name], used = divergence(current, outputs[name], kind, temperature)
-        threshold = delta if mode == "absolute" else delta * divs[final]
-        under = [n for n in later if divs[n] <= threshold]
-        chosen = under[-1] if under else later[0]  # farthest in route order under the threshold, else advance
-        steps.append({"from": current_name, "kind": used, "threshold": threshold,
-                      "divergences": divs, "chosen": chosen, "forced": not under})
+        record = gss_step(current, {n: outputs[n] for n in names[pos + 1:]}, delta, mode, kind, temperature)
+        record["from"] = current_name
+        steps.append(record)
+        chosen = record["chosen"]
         anchors.append(chosen)
         pos = names.index(chosen)
         current, current_name = outputs[chosen], chosen

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-__all__ = ["Stage", "StagePlan", "build_stage_plan", "StagedSchedule", "format_stages"]
+__all__ = ["Stage", "StagePlan", "build_stage_plan", "split_lengths", "fraction_lengths", "stages_from_lengths",
+           "StagedSchedule", "format_stages"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class StagePlan:
         return {"kind": self.kind, "total_steps": self.total_steps, "stages": [asdict(s) for s in self.stages]}
 
 
-def _split(total: int, anchors: Sequence[str], final_share: float) -> list[int]:
+def split_lengths(total: int, anchors: Sequence[str], final_share: float) -> list[int]:
     """Stage lengths: ``final_share`` of the steps to the last anchor, the rest evenly to the others."""
     n = len(anchors)
     if n == 1:
@@ -69,6 +70,38 @@ def _split(total: int, anchors: Sequence[str], final_share: float) -> list[int]:
         raise ValueError(f"budget of {total} steps is too short for {n} anchors")
     base, extra = divmod(rest, n - 1)
     return [base + (1 if i < extra else 0) for i in range(n - 1)] + [final_len]
+
+
+def fraction_lengths(total: int, ends: Sequence[float]) -> list[int]:
+    """Stage lengths whose ends sit at the fractions ``ends`` of ``total`` steps (increasing, the last 1.0).
+
+    Lockstep and phase plans use it to put the student's anchor switches where the teacher's route points (or lr
+    drops) sit in the teacher's own run, scaled to the student's budget.
+    """
+    if not ends or abs(ends[-1] - 1.0) > 1e-9:
+        raise ValueError(f"stage ends must finish at 1.0 (the whole budget), got {list(ends)}")
+    bounds = [0] + [round(f * total) for f in ends]
+    lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    if any(n <= 0 for n in lengths):
+        raise ValueError(f"a budget of {total} steps is too short for {len(ends)} stages ending at {list(ends)}")
+    return lengths
+
+
+def stages_from_lengths(anchors: Sequence[str], lengths: Sequence[int], kind: str = "one_stage",
+                        restart_lr: bool = True) -> StagePlan:
+    """A plan from explicit per-anchor lengths (steps), in training order."""
+    if kind not in ("one_stage", "multi_stage"):
+        raise ValueError(f"distill.schedule must be 'one_stage' or 'multi_stage', got {kind!r}")
+    if len(anchors) != len(lengths) or not anchors:
+        raise ValueError(f"{len(anchors)} anchors but {len(lengths)} stage lengths")
+    restart = kind == "multi_stage" and restart_lr
+    out, start = [], 0
+    for i, (anchor, length) in enumerate(zip(anchors, lengths, strict=True)):
+        if length <= 0:
+            raise ValueError(f"stage {i} ({anchor!r}) has no steps")
+        out.append(Stage(i, anchor, start, start + int(length), restart))
+        start += int(length)
+    return StagePlan(kind, out, start)
 
 
 def build_stage_plan(anchors: Sequence[str], total_steps: int, steps_per_epoch: int, kind: str = "one_stage",
@@ -108,7 +141,7 @@ def build_stage_plan(anchors: Sequence[str], total_steps: int, steps_per_epoch: 
     if total_steps <= 0:
         raise ValueError(f"the student budget must be > 0 steps, got {total_steps}")
     start = 0
-    for i, (anchor, length) in enumerate(zip(anchors, _split(total_steps, anchors, final_share), strict=True)):
+    for i, (anchor, length) in enumerate(zip(anchors, split_lengths(total_steps, anchors, final_share), strict=True)):
         out.append(Stage(i, anchor, start, start + length, restart))
         start += length
     return StagePlan(kind, out, total_steps)

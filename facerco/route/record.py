@@ -19,7 +19,7 @@ import torch
 
 from facerco.config import RouteConfig
 from facerco.route.io import ROUTE_FORMAT, ROUTE_VERSION, RoutePoint, load_route
-from facerco.train.engine import Callback, Engine
+from facerco.utils.callbacks import Callback
 from facerco.utils.io import sha256_file, write_json
 
 __all__ = ["RouteRecorder", "point_interval", "point_name", "estimate_route_bytes", "format_bytes"]
@@ -109,7 +109,7 @@ class RouteRecorder(Callback):
         self.loss_count = int(state.get("loss_count", 0))
 
     # --- hooks --------------------------------------------------------------------------------------------------
-    def on_train_start(self, engine: Engine) -> None:
+    def on_train_start(self, engine: Any) -> None:
         spe, total = engine.steps_per_epoch, engine.total_steps
         plan = planned_points(self.cfg, spe, total)
         self._written = dict(plan)
@@ -136,7 +136,7 @@ class RouteRecorder(Callback):
                 flush=True,
             )
 
-    def on_step_end(self, engine: Engine, step: int, parts: dict[str, float]) -> None:
+    def on_step_end(self, engine: Any, step: int, parts: dict[str, float]) -> None:
         self.loss_sum += parts["loss"]
         self.loss_count += 1
         if step not in self._written:
@@ -153,7 +153,7 @@ class RouteRecorder(Callback):
 
     # --- writing ------------------------------------------------------------------------------------------------
     def _record(
-        self, engine: Engine, step: int, val: dict[str, float], written: bool, classifier: torch.Tensor | None
+        self, engine: Any, step: int, val: dict[str, float], written: bool, classifier: torch.Tensor | None
     ) -> None:
         from facerco.models.checkpoint import save_model_checkpoint
 

@@ -10,6 +10,12 @@ mimic_best                mimic the best intermediate route point by validation 
 rco_eeis_one              RCO, EEIS anchors, one-stage (anchors switch inside one lr schedule)
 rco_eeis_multi            RCO, EEIS anchors, multi-stage (each anchor its own lr schedule)
 rco_gss                   RCO, GSS anchors (documented greedy rule), one-stage
+lockstep                  student epoch k follows teacher epoch k (PocketNet-style), one schedule
+phase                     one anchor per teacher lr phase, switches at the teacher's lr drops
+early                     one early-stopped teacher point chosen on validation (control)
+ensemble                  snapshot ensemble of the phase anchors (targets averaged)
+reverse                   the EEIS anchors in reverse order (control)
+rco_gss_online            GSS decided on the training student at each stage boundary
 ========================  =================================================================================
 
 Each (variant, seed) trains into ``OUT/<variant>/seed<k>`` (skipped when its summary says it finished, so an
@@ -34,8 +40,8 @@ from torch import nn
 
 from facerco.config import Config, load_config
 
-__all__ = ["VARIANTS", "Variant", "builtin_variants", "file_variants", "run_compare", "format_table",
-           "check_validation_not_test"]
+__all__ = ["VARIANTS", "DEFAULT_VARIANTS", "Variant", "builtin_variants", "file_variants", "run_compare",
+           "format_table", "check_validation_not_test"]
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "scratch": ("ArcFace only", ["distill.strategy=final", "distill.mimic_weight=0", "distill.kd_weight=0",
@@ -45,7 +51,20 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "rco_eeis_one": ("RCO EEIS, one-stage", ["distill.strategy=eeis", "distill.schedule=one_stage"]),
     "rco_eeis_multi": ("RCO EEIS, multi-stage", ["distill.strategy=eeis", "distill.schedule=multi_stage"]),
     "rco_gss": ("RCO GSS, one-stage", ["distill.strategy=gss", "distill.schedule=one_stage"]),
+    "lockstep": ("student epoch k follows teacher epoch k", ["distill.strategy=lockstep",
+                                                              "distill.schedule=one_stage"]),
+    "phase": ("one anchor per teacher lr phase", ["distill.strategy=phase", "distill.schedule=one_stage"]),
+    "early": ("an early-stopped teacher point (validation)", ["distill.strategy=early"]),
+    "ensemble": ("snapshot ensemble of the phase anchors", ["distill.strategy=ensemble"]),
+    "reverse": ("EEIS anchors in reverse order (control)", ["distill.strategy=reverse",
+                                                            "distill.schedule=one_stage"]),
+    "rco_gss_online": ("RCO GSS measured on the training student", ["distill.strategy=gss_online",
+                                                                     "distill.schedule=one_stage"]),
 }
+
+
+# what `facerco compare CONFIG` runs without --variants (the route strategies are opt-in: they need lr phases)
+DEFAULT_VARIANTS = ("scratch", "mimic_final", "mimic_best", "rco_eeis_one", "rco_eeis_multi", "rco_gss")
 
 
 @dataclass
@@ -58,7 +77,7 @@ class Variant:
 
 
 def builtin_variants(config: str | Path, overrides: Sequence[str] = (),
-                     names: Sequence[str] = tuple(VARIANTS)) -> list[Variant]:
+                     names: Sequence[str] = DEFAULT_VARIANTS) -> list[Variant]:
     """The built-in variants from one base student config plus dotted overrides."""
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:

@@ -31,9 +31,10 @@ from facerco.train import distributed as fdist
 from facerco.train.checkpoint import load_resume, restore_resume, save_resume
 from facerco.train.precision import resolve_precision
 from facerco.train.runlog import RunLogger
-from facerco.train.sampler import GlobalBatchSampler, KeyedDataset, epoch_generator
+from facerco.train.sampler import GlobalBatchSampler, KeyedDataset, collate_keyed, epoch_generator
 from facerco.train.schedule import LRSchedule, build_schedule
 from facerco.train.task import TrainTask
+from facerco.utils.callbacks import Callback
 
 __all__ = [
     "Engine",
@@ -128,26 +129,6 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.opt
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"optim.name must be 'sgd' or 'adamw', got {cfg.name!r}")
-
-
-class Callback:
-    """Hooks around the loop; ``step`` arguments count completed optimizer steps (1 after the first step)."""
-
-    name = "callback"
-
-    def on_train_start(self, engine: Engine) -> None: ...
-
-    def on_step_end(self, engine: Engine, step: int, parts: dict[str, float]) -> None: ...
-
-    def on_epoch_end(self, engine: Engine, epoch: int) -> None: ...
-
-    def on_train_end(self, engine: Engine) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]:
-        """State saved in last.pt so a resumed run behaves as the uninterrupted one (plain values/tensors)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -386,6 +367,7 @@ class Engine:
         return DataLoader(
             KeyedDataset(self.dataset),
             batch_sampler=self.sampler,
+            collate_fn=collate_keyed,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             worker_init_fn=init_worker if workers > 0 else None,

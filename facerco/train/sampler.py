@@ -8,12 +8,13 @@ the batches already consumed (``start_batch``) without touching any random state
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["GlobalBatchSampler", "KeyedDataset", "epoch_generator"]
+__all__ = ["GlobalBatchSampler", "KeyedBatch", "KeyedDataset", "collate_keyed", "epoch_generator"]
 
 # Mixes (seed, epoch) into one 63-bit seed; the multiplier is an arbitrary large odd constant.
 _EPOCH_MIX = 0x9E3779B97F4A7C15 & ((1 << 63) - 1)
@@ -107,3 +108,39 @@ class KeyedDataset(Dataset):
         if flip:
             image = torch.flip(image, dims=(-1,))
         return image, int(label), torch.tensor([index, flip], dtype=torch.int64)
+
+    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> KeyedBatch:
+        """A whole batch at once (the DataLoader calls this instead of ``__getitem__`` per key).
+
+        A base dataset with ``get_batch(indices) -> (images (B, C, H, W), labels (B,))`` (in-memory tensors) is read
+        with one indexing operation; any other is read item by item. Either way the keys tensor is built once per
+        batch instead of once per item (the per-item tensors cost ~19 % of a tiny model's step).
+        """
+        key_tensor = torch.tensor([[int(i), int(f)] for i, f in keys], dtype=torch.int64).reshape(-1, 2)
+        get_batch = getattr(self.base, "get_batch", None)
+        if get_batch is not None:
+            images, labels = get_batch(key_tensor[:, 0])
+            flip = key_tensor[:, 1].bool()
+            if bool(flip.any()):
+                images = images.clone()
+                images[flip] = torch.flip(images[flip], dims=(-1,))
+            return KeyedBatch(images, torch.as_tensor(labels, dtype=torch.int64), key_tensor)
+        pairs = [self.base[int(i)] for i in key_tensor[:, 0]]
+        images = torch.stack([img if not f else torch.flip(img, dims=(-1,))
+                              for (img, _), f in zip(pairs, key_tensor[:, 1].tolist(), strict=True)])
+        return KeyedBatch(images, torch.tensor([int(lab) for _, lab in pairs], dtype=torch.int64), key_tensor)
+
+
+class KeyedBatch(NamedTuple):
+    """A collated batch: images (B, C, H, W), labels (B,) int64, keys (B, 2) int64 ``[index, flip]``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    keys: torch.Tensor
+
+
+def collate_keyed(batch: KeyedBatch) -> KeyedBatch:
+    """The DataLoader's collate for :meth:`KeyedDataset.__getitems__`: the batch is already collated."""
+    if not isinstance(batch, KeyedBatch):
+        raise TypeError(f"collate_keyed expects a KeyedBatch from KeyedDataset.__getitems__, got {type(batch)}")
+    return batch

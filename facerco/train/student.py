@@ -39,6 +39,15 @@ from facerco.route.anchors import (
 )
 from facerco.route.cache import AnchorCache
 from facerco.route.plan import StagePlan, build_stage_plan
+from facerco.route.strategies import (
+    ROUTE_STRATEGIES,
+    OnlineGSSCallback,
+    RouteFollower,
+    ensemble_embeddings,
+    ensemble_logits,
+    ensemble_members,
+    plan_route_strategy,
+)
 from facerco.train.engine import Callback, Engine
 from facerco.train.task import TrainTask
 
@@ -194,7 +203,8 @@ class StudentTask(TrainTask):
                 raise ValueError("hint losses need teacher feature maps: run anchors online (distill.cache empty)")
             self.hint = HintLoss(*hint_channels)
             self._student_hooks = FeatureHooks(backbone, [d.hint_student_layer])
-        self.skipped: set[int] = set()  # stage indices skipped by the gate
+        self.follower = RouteFollower(plan)
+        self.skipped = self.follower.skipped  # stage indices skipped by the gate (the follower's set)
         # DDP must not wait for gradients of parts this configuration never trains (e.g. the projector of scratch)
         needs_teacher = d.mimic_weight > 0 or self.kd is not None or self.hint is not None
         self.find_unused_parameters = (self.mimic.projector is not None and (d.mimic_weight == 0 or not needs_teacher)
@@ -204,21 +214,33 @@ class StudentTask(TrainTask):
 
     # -- stage / anchor ---------------------------------------------------------------------------------------------
     def anchor_at(self, step: int) -> str:
-        """Anchor followed at ``step``: the stage's, or the next non-skipped stage's when the gate skipped it."""
-        stage = self.plan.stage_at(step)
-        for s in self.plan.stages[stage.index:]:
-            if s.index not in self.skipped or s is self.plan.stages[-1]:
-                return s.anchor
-        return self.plan.stages[-1].anchor
+        """Anchor followed at ``step``: the stage's (online slots: as decided), or the next non-skipped one."""
+        return self.follower.anchor_at(step)
 
     def extra_state(self) -> dict[str, Any]:
-        return {"skipped": sorted(self.skipped), "plan_anchors": self.plan.anchors}
+        return self.follower.state()
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        if state.get("plan_anchors") and list(state["plan_anchors"]) != self.plan.anchors:
-            raise ValueError(f"resume: the checkpoint followed anchors {state['plan_anchors']}, the plan now is "
-                             f"{self.plan.anchors}; keep the distill config of the interrupted run")
-        self.skipped = {int(i) for i in state.get("skipped", [])}
+        self.follower.load_state(state)
+        self.skipped = self.follower.skipped
+
+    def mimic_target(self, anchor: str, images: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
+        """The anchor's embeddings (an ensemble anchor: its members' normalized mean)."""
+        return ensemble_embeddings([self.anchors.embeddings(m, images, keys).float()
+                                    for m in ensemble_members(anchor)])
+
+    def kd_target(self, anchor: str, images: torch.Tensor, keys: torch.Tensor | None,
+                  single: torch.Tensor | None = None) -> torch.Tensor:
+        """The anchor classifier's logits (an ensemble: probabilities averaged at the KD temperature)."""
+        logits = []
+        for member in ensemble_members(anchor):
+            weight = self.anchors.classifier(member)
+            if weight is None:
+                raise ValueError(f"KD needs the classifier of anchor {member!r}; the route point has none "
+                                 "(record the route with route.save_classifier=true)")
+            emb = single if single is not None else self.anchors.embeddings(member, images, keys).float()
+            logits.append(teacher_logits(emb, weight, self.scale))
+        return ensemble_logits(logits, self.dcfg.kd_temperature)
 
     # -- optimisation ---------------------------------------------------------------------------------------------
     def param_groups(self, weight_decay: float, classifier_lr_mult: float = 1.0) -> list[dict[str, Any]]:
@@ -246,7 +268,7 @@ class StudentTask(TrainTask):
         congruence = need_teacher and self._wants_congruence(step)
         target = final_t = t_feat = None
         if need_teacher:  # anchors run under the ambient autocast (fast on GPU); losses below run in fp32
-            target = self.anchors.embeddings(anchor, images, keys).float()
+            target = self.mimic_target(anchor, images, keys)
             t_feat = getattr(self.anchors, "last_features", None)
             if congruence and anchor != self.final_anchor:
                 final_t = self.anchors.embeddings(self.final_anchor, images, keys).float()
@@ -262,12 +284,9 @@ class StudentTask(TrainTask):
                 if d.mimic_weight > 0:
                     total = total + d.mimic_weight * mimic
                 if self.kd is not None:
-                    weight = self.anchors.classifier(anchor)
-                    if weight is None:
-                        raise ValueError(f"KD needs the classifier of anchor {anchor!r}; the route point has none "
-                                         "(record the route with route.save_classifier=true)")
+                    single = target if len(ensemble_members(anchor)) == 1 else None
                     student_logits = self.head.logits(emb32)  # type: ignore[union-attr]
-                    kd = self.kd(student_logits, teacher_logits(target, weight, self.scale))
+                    kd = self.kd(student_logits, self.kd_target(anchor, images, keys, single))
                     parts["kd"] = kd.detach()
                     total = total + d.kd_weight * kd
                 if self.hint is not None and self._student_hooks is not None and t_feat is not None:
@@ -355,6 +374,35 @@ def _probe_output(model: nn.Module, classifier: torch.Tensor | None, ctx: ProbeC
     return ProbeOutput.from_arrays(emb.double().numpy(), logits)
 
 
+def route_probe_outputs(points: list[PointInfo], probe: ProbeContext, use_logits: bool) -> dict[str, ProbeOutput]:
+    """Every route point's probe outputs (GSS; online GSS computes them once at the start of training)."""
+    outputs = {}
+    for p in points:
+        model, classifier = probe.load_point(p.name)
+        outputs[p.name] = _probe_output(model, classifier if use_logits else None, probe)
+    return outputs
+
+
+def student_probe_fn(backbone: nn.Module, head: nn.Module | None, probe: ProbeContext,
+                     use_logits: bool) -> Callable[[], ProbeOutput]:
+    """The training student's probe outputs, computed in eval mode without touching its state or any RNG."""
+
+    @torch.no_grad()
+    def output() -> ProbeOutput:
+        was = backbone.training
+        backbone.eval()
+        try:
+            emb = torch.cat([backbone(chunk.to(probe.device)).float() for chunk in torch.split(probe.images, 128)])
+            logits = None
+            if use_logits and head is not None and hasattr(head, "logits"):
+                logits = head.logits(emb).double().cpu().numpy()
+        finally:
+            backbone.train(was)
+        return ProbeOutput.from_arrays(emb.double().cpu().numpy(), logits)
+
+    return output
+
+
 def plan_anchors(cfg: Config, points: list[PointInfo], probe: ProbeContext | None = None) -> AnchorPlan:
     """Anchors of ``cfg.distill`` over ``points``: final / best / eeis / manual / gss (GSS needs ``probe``)."""
     d = cfg.distill
@@ -371,10 +419,7 @@ def plan_anchors(cfg: Config, points: list[PointInfo], probe: ProbeContext | Non
     if d.strategy == "gss":
         if probe is None:
             raise ValueError("GSS needs probe images and the route's checkpoints")
-        outputs = {}
-        for p in points:
-            model, classifier = probe.load_point(p.name)
-            outputs[p.name] = _probe_output(model, classifier if d.gss_use_logits else None, probe)
+        outputs = route_probe_outputs(points, probe, d.gss_use_logits)
         start = _probe_output(probe.student, None, probe) if probe.student is not None else None
         return select_gss(points, outputs, start, d.gss_delta, d.gss_delta_mode, d.gss_divergence,
                           d.kd_temperature, d.gss_max_anchors)
@@ -387,11 +432,16 @@ def probe_images(dataset: Any, count: int, seed: int) -> torch.Tensor:
     return torch.stack([dataset[int(i)][0] for i in idx])
 
 
-def write_plan(path: Path, anchor_plan: AnchorPlan, stage_plan: StagePlan) -> None:
-    """plan.json of a student run: the anchors (with GSS divergences) and the stages actually used."""
+def write_plan(path: Path, anchor_plan: AnchorPlan, stage_plan: StagePlan,
+               online: list[dict[str, Any]] | None = None, resolved: list[str] | None = None) -> None:
+    """plan.json of a student run: the anchors (with GSS divergences), the stages, and online-GSS decisions so far."""
     from facerco.utils.io import write_json
 
-    write_json(path, {"anchors": anchor_plan.to_dict(), "stages": stage_plan.to_dict()})
+    record: dict[str, Any] = {"anchors": anchor_plan.to_dict(), "stages": stage_plan.to_dict()}
+    if online is not None:
+        record["online_decisions"] = online
+        record["resolved_anchors"] = resolved or []
+    write_json(path, record)
 
 
 def read_congruence(log_path: Path) -> dict[str, np.ndarray]:
@@ -446,8 +496,10 @@ def plot_congruence(log_path: Path, plan: StagePlan, out_png: Path, title: str =
 def build_plan(cfg: Config, points: list[PointInfo], steps_per_epoch: int, total_steps: int,
                probe: ProbeContext | None = None) -> tuple[AnchorPlan, StagePlan]:
     """Anchor plan and stage plan of a config: the single function behind `route plan` and `distill`."""
-    anchor_plan = plan_anchors(cfg, points, probe)
     d = cfg.distill
+    if d.strategy in ROUTE_STRATEGIES and not d.stages:
+        return plan_route_strategy(d, points, total_steps)
+    anchor_plan = plan_anchors(cfg, points, probe)
     stage_plan = build_stage_plan(anchor_plan.anchors, total_steps, steps_per_epoch, d.schedule, d.final_share,
                                   d.restart_lr, d.stages, cfg.optim.lr)
     return anchor_plan, stage_plan
@@ -594,9 +646,10 @@ def run_distill(cfg: Config, *, dataset: Any = None, head: nn.Module | None = No
         cache = AnchorCache(d.cache, verify=d.cache_verify)
         cache.check_dataset(dataset)
         source: Any = CachedAnchors(cache, (lambda name: load(name)[1]) if d.kd_weight > 0 else None, device)
-        teacher_dim = cache.embedding_size(stage_plan.anchors[0])
+        teacher_dim = cache.embedding_size(final)
     else:
-        source = OnlineAnchors(load, device, d.hint_teacher_layer if d.hint_weight > 0 else "")
+        keep = max(2, 1 + max(len(ensemble_members(a)) for a in stage_plan.anchors))  # an ensemble stays loaded
+        source = OnlineAnchors(load, device, d.hint_teacher_layer if d.hint_weight > 0 else "", keep=keep)
         teacher_dim = _teacher_dim(route, load, final)
     hint_channels = None
     if d.hint_weight > 0:
@@ -612,10 +665,15 @@ def run_distill(cfg: Config, *, dataset: Any = None, head: nn.Module | None = No
         gate = GateCallback(task, {p.name: p for p in points}, d.gate_metric)
         callbacks.append(gate)
     run_dir = Path(cfg.train.output)
+    online = None
+    if d.strategy == "gss_online" and not d.stages:
+        online = _online_gss(cfg, task, head, dataset, route, points, device, run_dir, anchor_plan, dist_info.is_main)
+        callbacks.append(online)
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        write_plan(run_dir / "plan.json", anchor_plan, stage_plan)
+        if online is None or not (run_dir / "plan.json").is_file():
+            write_plan(run_dir / "plan.json", anchor_plan, stage_plan, [] if online is not None else None)
         print(format_plan(anchor_plan), flush=True)
         print(format_stages(stage_plan, spe), flush=True)
     from facerco.train.engine import Engine
@@ -626,26 +684,50 @@ def run_distill(cfg: Config, *, dataset: Any = None, head: nn.Module | None = No
     student_path = None
     if dist_info.is_main:
         student_path = run_dir / "student.safetensors"
+        followed = task.follower.resolved_anchors()
         save_model_checkpoint(student_path, backbone, metadata={
             "kind": "student", "teacher_run": str(d.teacher_run), "strategy": anchor_plan.strategy,
-            "anchors": stage_plan.anchors, "schedule": stage_plan.kind, "step": result.step,
+            "anchors": followed, "schedule": stage_plan.kind, "step": result.step,
             "val": result.val})
         cong = read_congruence(run_dir / "log.jsonl")
         per_stage = {}
         for s in stage_plan.stages:
             sel = (cong["step"] > s.start) & (cong["step"] <= s.end)
             if sel.any():
-                per_stage[str(s.index)] = {"anchor": s.anchor, "cong_anchor_last": float(cong["cong_anchor"][sel][-1]),
+                per_stage[str(s.index)] = {"anchor": followed[s.index],
+                                           "cong_anchor_last": float(cong["cong_anchor"][sel][-1]),
                                            "cong_final_last": float(cong["cong_final"][sel][-1])}
         write_json(run_dir / "summary.json", {
             "step": result.step, "total_steps": result.total_steps, "seconds": result.seconds,
-            "val": result.val, "last_parts": result.last_parts, "anchors": stage_plan.anchors,
+            "val": result.val, "last_parts": result.last_parts, "anchors": followed,
             "skipped_stages": sorted(task.skipped), "gate": gate.decisions if gate else [],
             "congruence_per_stage": per_stage})
         plot_congruence(run_dir / "log.jsonl", stage_plan, run_dir / "congruence.png",
                         f"{anchor_plan.strategy} / {stage_plan.kind}")
     return DistillResult(run_dir, student_path, anchor_plan, stage_plan, result.step, result.seconds, result.val,
                          result.last_parts)
+
+
+def _online_gss(cfg: Config, task: StudentTask, head: nn.Module | None, dataset: Any, route: Any,
+                points: list[PointInfo], device: torch.device, run_dir: Path, anchor_plan: AnchorPlan,
+                is_main: bool) -> OnlineGSSCallback:
+    """The online-GSS callback: route points' probe outputs now, the student's at each slot, plan.json rewritten."""
+    from facerco.train import distributed as fdist
+
+    d = cfg.distill
+    probe = make_probe(cfg, dataset, route, None, device)
+    outputs = route_probe_outputs(points, probe, d.gss_use_logits)
+
+    def on_decide(records: list[dict[str, Any]]) -> None:
+        if is_main:
+            write_plan(run_dir / "plan.json", anchor_plan, task.plan, records, task.follower.resolved_anchors())
+            print(f"online GSS: slot {records[-1]['slot']} follows {records[-1]['chosen']} "
+                  f"(step {records[-1]['step']})", flush=True)
+
+    return OnlineGSSCallback(task.follower, [p.name for p in points], outputs,
+                             student_probe_fn(task.backbone, head, probe, d.gss_use_logits), d.gss_delta,
+                             d.gss_delta_mode, d.gss_divergence, d.kd_temperature, on_decide,
+                             share=fdist.broadcast_object)
 
 
 def default_head(cfg: Config, embedding_size: int, num_classes: int) -> nn.Module:
