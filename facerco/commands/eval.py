@@ -76,16 +76,17 @@ def _image_files(src: Path, root: str | None) -> list[str]:
     return sorted(str(p) for p in src.rglob("*") if p.suffix.lower() in _IMAGE_EXT)
 
 
-def _features(src: str, role: str, model: str | None, args: argparse.Namespace, cache: Path | None) -> Any:
-    """Features of probes or distractors from .npy, a devkit tree, or images (extracted with ``model``)."""
+def _load(src: str, role: str, model: str | None, args: argparse.Namespace, cache: Any) -> tuple[Any, str, list]:
+    """Features of probes or distractors from .npy, a devkit tree, or images (extracted with ``model``), with the
+    name and per-row keys that a bad row's error should give (the file; for devkit trees, each row's file)."""
     import numpy as np
 
-    from facerco.eval.features import Embeddings, extract_embeddings, load_embeddings, read_devkit_tree
-    from facerco.eval.features import save_embeddings as save
+    from facerco.eval.features import Embeddings, devkit_name, load_embeddings, read_devkit_tree
 
     path = Path(src)
     if path.suffix == ".npy":
-        return load_embeddings(path, mmap=role == "distractors")
+        emb = load_embeddings(path, mmap=role == "distractors")
+        return emb, str(path), emb.paths
     if not path.exists():
         raise FileNotFoundError(f"{path}: {role} not found")
     if model is None:
@@ -99,17 +100,46 @@ def _features(src: str, role: str, model: str | None, args: argparse.Namespace, 
             names = sorted({Path(k).parent.as_posix() for k in keys})
             ids = {n: i for i, n in enumerate(names)}
             labels = np.array([ids[Path(k).parent.as_posix()] for k in keys], np.int64)
-        return Embeddings(feats, np.full(len(keys), np.nan, np.float32), labels, keys)
-    if cache is not None and (cache / f"{role}.npy").is_file():
-        print(f"using cached {role} features {cache / f'{role}.npy'}")
-        return load_embeddings(cache / f"{role}.npy", mmap=role == "distractors")
+        emb = Embeddings(feats, np.full(len(keys), np.nan, np.float32), labels, keys)
+        return emb, str(path), [devkit_name(k, args.algo) for k in keys]
+    emb = _extracted(path, role, model, args, cache)
+    return emb, str(cache.npy(role)), emb.paths
+
+
+def _extracted(path: Path, role: str, model: str, args: argparse.Namespace, cache: Any) -> Any:
+    """Features extracted with ``model``, or the cached ones when the model file and the source files are the
+    same as when they were computed (facerco.eval.feature_cache); says which, and why it recomputes."""
+    from facerco.eval.feature_cache import files_key
+    from facerco.eval.features import extract_embeddings, load_embeddings, save_embeddings, source_files
+
     source: Any = path if role == "probes" else _image_files(path, args.distractor_root)
+    files = source_files(source) + ([path] if role == "distractors" and path.is_file() else [])
+    sources = files_key(files, str(path))
+    reason = cache.stale(role, sources)
+    if reason is None:
+        print(f"using cached {role} features {cache.npy(role)} (same model sha256, {len(files)} source files "
+              "unchanged)")
+        return load_embeddings(cache.npy(role), mmap=role == "distractors")
+    print(f"{role}: computing features (no cache yet)" if reason == "no cached features"
+          else f"{role}: {reason}: features recomputed")
+    cache.forget(role)
     emb = extract_embeddings(_embedder(model, args), source, batch_size=args.batch_size, device=args.device,
                              num_workers=args.num_workers)
-    if cache is not None:
-        save(emb, cache / f"{role}.npy")
-        return load_embeddings(cache / f"{role}.npy", mmap=role == "distractors")
-    return emb
+    save_embeddings(emb, cache.npy(role))
+    cache.record(role, sources)
+    return load_embeddings(cache.npy(role), mmap=role == "distractors")
+
+
+def _features(src: str, role: str, model: str | None, args: argparse.Namespace, cache: Any) -> tuple[Any, Any]:
+    """Loaded features and their norm statistics; a non-finite or zero row fails naming the file and the row."""
+    from facerco.eval.checks import check_features
+
+    emb, where, keys = _load(src, role, model, args, cache)
+    stats = check_features(emb.emb, where, keys)
+    if stats.renormalized_rows:
+        print(f"{role}: {stats.renormalized_rows} of {stats.rows} rows are not unit length (norms "
+              f"{stats.min_norm:.4g} to {stats.max_norm:.4g}): L2-normalized by the evaluator")
+    return emb, stats
 
 
 def _subset_lists(specs: list[str], keys: list[str]) -> dict[int, Any] | None:
@@ -143,6 +173,8 @@ def _noise(file: str | None, keys: list[str], role: str) -> Any:
 def _megaface(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from facerco.eval.checks import UNIT_TOL
+    from facerco.eval.feature_cache import FeatureCache, model_key
     from facerco.eval.identification import evaluate_identification
     from facerco.eval.report import write_report
 
@@ -153,9 +185,9 @@ def _megaface(args: argparse.Namespace) -> int:
     results = {}
     for i, model in enumerate(models):
         name = args.names[i] if args.names else (_model_name(model, None, 0) if model else "features")
-        cache = out / "features" / name.replace("/", "_") if model else None
-        probes = _features(args.probes, "probes", model, args, cache)
-        dist = _features(args.distractors, "distractors", model, args, cache)
+        cache = FeatureCache(out / "features" / name.replace("/", "_"), model_key(model, args.arch)) if model else None
+        probes, p_stats = _features(args.probes, "probes", model, args, cache)
+        dist, d_stats = _features(args.distractors, "distractors", model, args, cache)
         if (np.asarray(probes.labels) < 0).any():
             raise ValueError(f"{args.probes}: probes need identity labels (an identity folder, or a .csv index)")
         res = evaluate_identification(
@@ -163,7 +195,9 @@ def _megaface(args: argparse.Namespace) -> int:
             subsets=_subset_lists(args.subset_list, dist.paths), seed=args.seed, fars=args.far,
             probe_noise=_noise(args.probe_noise, probes.paths, "probes"),
             distractor_noise=_noise(args.distractor_noise, dist.paths, "distractors"),
-            backend=args.backend, device=args.device, chunk_size=args.chunk_size)
+            backend=args.backend, device=args.device, chunk_size=args.chunk_size, normalize=True)
+        res["features"] = {"normalized_by_evaluator": True, "unit_tolerance": UNIT_TOL,
+                           "probes": p_stats.as_dict(), "distractors": d_stats.as_dict()}
         for s in res["sizes"]:
             tars = "  ".join(f"TAR@{f}={100 * v:.2f}%" for f, v in s["tar_at_far"].items())
             print(f"{name:<24} {s['size']:>9,} distractors  rank-1 {100 * s['rank1']:.2f}%  "

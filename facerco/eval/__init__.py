@@ -6,6 +6,9 @@
 - :mod:`facerco.eval.identification`: exact streaming 1:N identification (rank-1, CMC, TAR@FAR) with torch or
   faiss backends (numpy at import time; torch/faiss loaded when searching).
 - :mod:`facerco.eval.report`: report.json + report.md + ROC/CMC plots.
+- :mod:`facerco.eval.checks`: the feature check of every entry point (no NaN/Inf or zero rows; L2 normalization
+  with the norms on record).
+- :mod:`facerco.eval.feature_cache`: ``eval megaface``'s feature cache, keyed on the model's sha256 and the sources.
 
 Submodules are imported explicitly (``from facerco.eval.verification import ...``) so that importing the numeric
 protocol does not import torch.

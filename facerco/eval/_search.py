@@ -10,7 +10,9 @@ backends give identical final results even where their float32 rounding differs.
   few entries that beat it are sorted. Runs on CPU or CUDA (TF32 disabled for the scan).
 - ``faiss``: ``faiss.knn`` (flat inner product, exact) per chunk, GPU via ``faiss.knn_gpu`` when available.
 
-Distractors are read row-wise from a numpy array or memmap (float32 or float16), one chunk at a time.
+Distractors are read row-wise from a numpy array or memmap (float32 or float16), one chunk at a time. Every row
+read and every probe is checked first: ``torch.topk`` orders NaN above +inf while faiss never keeps a NaN, so a
+non-finite feature made the two backends disagree; it is refused instead (:mod:`facerco.eval.checks`).
 """
 
 from __future__ import annotations
@@ -21,22 +23,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from facerco.eval.checks import check_rows, normalize_rows
+
 __all__ = ["DistractorStore", "TopK", "available_backends", "resolve_backend", "scan_topk"]
 
 
 class DistractorStore:
-    """Read rows of an (M, D) float32/float16 array by sorted ids, in bounded chunks.
+    """Read rows of an (M, D) float32/float16 array by sorted ids, in bounded chunks; every row read is checked.
+
+    A non-finite row is refused when it is read (the backends order NaN differently, see :mod:`facerco.eval.checks`);
+    with ``normalize`` rows are L2-normalized as they are read, the same bits in every chunk, so nothing is copied.
 
     Args:
         feats: array or ``np.memmap`` of shape (M, D).
+        normalize: L2-normalize rows (zero rows are then refused too).
+        source: name used in errors (the file, or ``distractors``).
     """
 
-    def __init__(self, feats: np.ndarray) -> None:
+    def __init__(self, feats: np.ndarray, normalize: bool = False, source: str = "distractors") -> None:
         if feats.ndim != 2:
             raise ValueError(f"distractor features must be 2-D (M, D), got shape {feats.shape}")
         if feats.dtype not in (np.float32, np.float16):
             raise ValueError(f"distractor features must be float32 or float16, got {feats.dtype}")
         self.feats = feats
+        self.normalize, self.source = normalize, source
         self.max_sq_norm = 0.0  # largest squared row norm yielded by chunks() since the last reset
 
     def __len__(self) -> int:
@@ -52,6 +62,9 @@ class DistractorStore:
             return np.zeros((0, self.dim), np.float32)
         lo, hi = int(ids[0]), int(ids[-1])
         rows = self.feats[lo : hi + 1] if hi - lo + 1 == len(ids) else self.feats[ids]
+        norms = check_rows(rows, self.source, ids, allow_zero=not self.normalize)
+        if self.normalize:
+            rows = normalize_rows(rows, norms)
         if rows.dtype == np.float32 and rows.flags.c_contiguous and rows.flags.writeable:
             return np.asarray(rows)
         return np.array(rows, dtype=np.float32, order="C")  # an owned, writable copy (torch needs writable)
@@ -295,6 +308,7 @@ def scan_topk(
         raise ValueError(f"probes must be float32 (n, {store.dim}), got {probes.dtype} {probes.shape}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    check_rows(probes, "probes", allow_zero=True)  # NaN would rank differently in each backend
     probes = np.ascontiguousarray(probes)
     fn = _scan_torch if backend == "torch" else _scan_faiss
     return fn(probes, store, segments, k, chunk_size, device, progress)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from facerco.eval.checks import check_rows
 from facerco.utils.io import atomic_path
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "Embedder",
     "load_embedder",
     "open_source",
+    "source_files",
     "extract_embeddings",
     "save_embeddings",
     "load_embeddings",
@@ -259,6 +261,24 @@ def open_source(source: Any, transform: Callable[[Any], torch.Tensor]) -> torch.
     raise FileNotFoundError(f"{path}: not a dataset folder, .rec, .bin, list file or image")
 
 
+def source_files(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The files an image source is read from (what a feature cache must watch): the listed images; a list file
+    and its entries; every file under a folder; or the file itself (with its ``.idx`` for a ``.rec``)."""
+    if isinstance(source, list | tuple):
+        return [Path(s) for s in source]
+    path = Path(source)
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image source not found")
+    files = [path]
+    if path.suffix.lower() in {".txt", ".lst", ".list"}:
+        files += _read_list_file(path)[0]
+    if path.suffix == ".rec" and path.with_suffix(".idx").is_file():
+        files.append(path.with_suffix(".idx"))
+    return files
+
+
 def _dataset_paths(ds: Any) -> list[str]:
     paths = getattr(ds, "paths", None)
     if paths is None:
@@ -307,28 +327,31 @@ def extract_embeddings(
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          pin_memory=emb_fn.device.type == "cuda")
     feats, norms, labels = [], [], []
+    paths = _dataset_paths(ds)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(ds), unit="img", desc=f"embed {emb_fn.name}")
     inner = model if isinstance(model, nn.Module) else None
-    with _eval_mode(inner):
+    done = 0
+    with _eval_mode(inner), np.errstate(invalid="ignore", over="ignore"):
         for x, y in loader:
             n = x.shape[0]
             out = emb_fn(torch.cat([x, x.flip(3)]) if flip else x).astype(np.float32)
             views = [out[:n], out[n:]] if flip else [out]
             fused = np.sum(views, axis=0, dtype=np.float64)
+            # a model giving NaN/Inf (or a zero embedding) for an image fails here, naming the image
+            length = check_rows(fused, f"{emb_fn.name} output", done, paths, what="image")
             norms.append(np.mean([np.linalg.norm(v.astype(np.float64), axis=1) for v in views], axis=0))
-            length = np.linalg.norm(fused, axis=1, keepdims=True)
-            feats.append((fused / np.maximum(length, 1e-12)).astype(np.float32))
+            feats.append((fused / length[:, None]).astype(np.float32))
             labels.append(np.asarray(y, np.int64))
+            done += n
             if bar is not None:
                 bar.update(n)
     if bar is not None:
         bar.close()
-    return Embeddings(np.concatenate(feats), np.concatenate(norms).astype(np.float32), np.concatenate(labels),
-                      _dataset_paths(ds))
+    return Embeddings(np.concatenate(feats), np.concatenate(norms).astype(np.float32), np.concatenate(labels), paths)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -403,7 +426,8 @@ def write_devkit_feature(path: str | os.PathLike[str], vec: np.ndarray) -> None:
 
 
 def read_devkit_feature(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read one devkit feature file, checking every header field (errors name the file and the field)."""
+    """Read one devkit feature file, checking every header field and that every value is finite (errors name the
+    file and the field or value)."""
     p = Path(path)
     data = p.read_bytes()
     if len(data) < _DEVKIT_HEADER.size:
@@ -414,7 +438,12 @@ def read_devkit_feature(path: str | os.PathLike[str]) -> np.ndarray:
             raise ValueError(f"{p}: header field {name} at offset {offset} is {got}, expected {want}")
     if rows <= 0 or len(data) != 16 + 4 * rows:
         raise ValueError(f"{p}: header says {rows} float32 values but the file has {len(data) - 16} payload bytes")
-    return np.frombuffer(data, dtype="<f4", offset=16).astype(np.float32)
+    vec = np.frombuffer(data, dtype="<f4", offset=16).astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(vec))
+    if len(bad):
+        raise ValueError(f"{p}: {len(bad)} of {len(vec)} values are not finite (first {vec[bad[0]]} at index "
+                         f"{bad[0]})")
+    return vec
 
 
 def write_devkit_tree(emb: Embeddings, root: str | os.PathLike[str], algo: str,

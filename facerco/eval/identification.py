@@ -3,7 +3,8 @@
 Protocol (FORMATS.md §6). Probe features carry identity labels; for every ordered pair (p, g) of distinct images of
 one identity, g is placed among the distractors and p is the query.
 
-- Similarity: inner product of the given (L2-normalized) features, decided in float64 by :func:`exact_sims`.
+- Similarity: inner product of the given (L2-normalized) features, decided in float64 by :func:`exact_sims`; with
+  ``normalize`` the rows are L2-normalized first (``eval megaface`` does). Non-finite rows are refused.
 - Ties: a hit at rank k means ``sim(p, g) > v_k(p)`` where ``v_k(p)`` is the k-th largest similarity between p and
   the distractors of the subset (strict: a distractor tied with g ranks ahead of g). Rank-1 = hits / Σ n(n-1).
 - TAR@FAR: genuine pairs = unordered same-identity probe pairs; impostor pairs = probes × distractors (N·s of them).
@@ -32,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from facerco.eval._exact import tree_dots as _tree_dots
 from facerco.eval._search import DistractorStore, TopK, resolve_backend, scan_topk
+from facerco.eval.checks import check_rows, normalize_rows
 
 __all__ = [
     "exact_sims",
@@ -62,34 +65,6 @@ def exact_sims(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndarray:
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"exact_sims needs two (n, D) arrays of one shape, got {a.shape} and {b.shape}")
     return _tree_dots(a, None, b, None, chunk)
-
-
-def _tree_dots(a: np.ndarray, ia: np.ndarray | None, b: np.ndarray, ib: np.ndarray | None, chunk: int = 256
-               ) -> np.ndarray:
-    """``a[ia[t]] · b[ib[t]]`` (rows gathered chunk by chunk; None = identity) by the fixed float64 tree.
-
-    Small chunks keep the float64 buffer in cache (2.5x faster than 8192-row chunks here).
-    """
-    n = len(a) if ia is None else len(ia)
-    dim = a.shape[1]
-    width = 1 << max(0, (dim - 1).bit_length())
-    out = np.empty(n, np.float64)
-    buf = np.zeros((min(chunk, n), width), np.float64)
-    for s in range(0, n, chunk):
-        m = min(chunk, n - s)
-        prod = buf[:m]
-        rows_a = a[s : s + m] if ia is None else a[ia[s : s + m]]
-        rows_b = b[s : s + m] if ib is None else b[ib[s : s + m]]
-        np.multiply(rows_a, rows_b, out=prod[:, :dim], dtype=np.float64)
-        if width > dim:
-            prod[:, dim:] = 0.0
-        w = width
-        while w > 1:  # fixed tree: element i pairs with i + w/2, in place
-            half = w // 2
-            np.add(prod[:, :half], prod[:, half:w], out=prod[:, :half])
-            w = half
-        out[s : s + m] = prod[:, 0]
-    return out
 
 
 def _gamma(dim: int) -> float:
@@ -309,11 +284,15 @@ def evaluate_identification(
     topk: int | None = None,
     roc_points: int = 25,
     progress: bool = True,
+    normalize: bool = False,
 ) -> dict[str, Any]:
     """MegaFace-style identification (rank-1, CMC) and verification (TAR@FAR), exact, streaming the distractors.
 
+    Non-finite probe or distractor rows are refused (ValueError naming the row); similarity is the inner product of
+    the features as given, or of L2-normalized rows with ``normalize`` (then zero rows are refused too).
+
     Args:
-        probes: (N, D) float32 L2-normalized probe features (FaceScrub in MegaFace).
+        probes: (N, D) float32 probe features, L2-normalized unless ``normalize`` (FaceScrub in MegaFace).
         labels: (N,) integer identity per probe.
         distractors: (M, D) float32/float16 array or memmap; read in chunks, never copied whole.
         sizes: distractor subset sizes; default 10, 100, … ≤ M plus M. Ignored when ``subsets`` is given.
@@ -329,9 +308,12 @@ def evaluate_identification(
         topk: float32 candidates kept per probe in the first pass (default from ``ranks`` and the largest FAR).
         roc_points: points of the exact ROC tail per size.
         progress: show a tqdm bar.
+        normalize: L2-normalize probe and distractor rows (rows already unit length are kept as given; distractors
+            are normalized as they are read, nothing is copied).
 
     Returns:
-        A JSON-serialisable dict: counts, backend, and per size rank-1, CMC, TAR@FAR, thresholds and the ROC tail.
+        A JSON-serialisable dict: counts, backend, ``normalized``, and per size rank-1, CMC, TAR@FAR, thresholds and
+        the ROC tail.
     """
     probes = np.ascontiguousarray(probes, dtype=np.float32)
     labels = np.asarray(labels)
@@ -341,7 +323,10 @@ def evaluate_identification(
         raise ValueError(f"distractors must be (M, {probes.shape[1]}), got {distractors.shape}")
     if ranks < 1:
         raise ValueError(f"ranks must be >= 1, got {ranks}")
-    store = DistractorStore(distractors)
+    p_norms = check_rows(probes, "probes", allow_zero=not normalize)
+    if normalize:
+        probes = normalize_rows(probes, p_norms)
+    store = DistractorStore(distractors, normalize=normalize)
     num_d = len(store)
     noise_d = np.zeros(num_d, bool) if distractor_noise is None else np.asarray(distractor_noise, bool)
     if noise_d.shape != (num_d,):
@@ -428,6 +413,7 @@ def evaluate_identification(
         "num_distractor_noise": int(noise_d.sum()),
         "backend": backend,
         "device": device,
+        "normalized": bool(normalize),
         "topk": k,
         "refine_rounds": refine_rounds,
         "timings": {k: round(v, 3) for k, v in timings.items()},

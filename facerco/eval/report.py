@@ -37,7 +37,24 @@ def _verification_md(results: VerificationResults) -> list[str]:
             tars = " | ".join(_pct(r["tar_at_far"].get(f, {}).get("tar")) for f in fars)
             lines.append(f"| {model} | {name} | {r['num_pairs']} | {_pct(r['accuracy'])} ± {_pct(r['accuracy_std'])}"
                          f" | {r['best_threshold']:.3f} | {tars} | {r['xnorm']:.2f} |")
+    norms = [r["features"] for sets in results.values() for r in sets.values() if "features" in r]
+    if norms:
+        lines += ["", "Embeddings are checked (no NaN/Inf, no zero rows) and L2-normalized by the evaluator; their "
+                  f"norms as given were {min(n['min_norm'] for n in norms):.4g} to "
+                  f"{max(n['max_norm'] for n in norms):.4g}."]
     return lines + [""]
+
+
+def _norms_md(features: Mapping[str, Any]) -> str:
+    """One sentence on what the evaluator did to the features and how far from unit length they were."""
+    parts = []
+    for role in ("probes", "distractors"):
+        f = features.get(role)
+        if f:
+            parts.append(f"{role} norms {f['min_norm']:.4g} to {f['max_norm']:.4g} ({f['renormalized_rows']} of "
+                         f"{f['rows']} rows not unit length)")
+    done = "L2-normalized by the evaluator" if features.get("normalized_by_evaluator") else "used as given"
+    return f"Features checked (no NaN/Inf, no zero rows) and {done}: {'; '.join(parts)}."
 
 
 def _identification_md(results: IdentificationResults) -> list[str]:
@@ -48,6 +65,7 @@ def _identification_md(results: IdentificationResults) -> list[str]:
                   f"{r['num_probes']} probes of {r['num_identities']} identities, {r['num_genuine_ordered']} "
                   f"(probe, gallery) pairs, {r['num_distractors']} distractors; noise: {r['num_probe_noise']} "
                   f"probes, {r['num_distractor_noise']} distractors; backend {r['backend']} on {r['device']}.", "",
+                  *([_norms_md(r["features"]), ""] if r.get("features") else []),
                   "| distractors | rank-1 % | rank-5 % | rank-10 % | " + " | ".join(
                       f"TAR@FAR={f} %" for f in fars) + " |",
                   "|" + "---|" * (4 + len(fars))]

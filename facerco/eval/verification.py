@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from facerco.eval.checks import NormStats, check_rows
 from facerco.eval.identification import far_count
 
 __all__ = ["THRESHOLDS", "kfold_splits", "evaluate_verification", "tar_at_far", "verify_bin", "verify_pairs"]
@@ -68,7 +69,8 @@ def evaluate_verification(
     """Score pairs ``(emb1[i], emb2[i])`` with labels ``issame[i]``.
 
     Args:
-        emb1, emb2: (P, D) embeddings (normalized here again in float64, a no-op for extractor output).
+        emb1, emb2: (P, D) embeddings, L2-normalized here in float64 (a no-op for extractor output); a non-finite or
+            zero row is a ValueError naming it.
         issame: (P,) bool.
         nfolds: folds of the protocol (10).
         norms: raw embedding norms for XNorm (any shape), optional.
@@ -77,16 +79,20 @@ def evaluate_verification(
 
     Returns:
         dict with ``accuracy`` (mean), ``accuracy_std``, ``fold_accuracies``, ``best_thresholds`` (per fold),
-        ``best_threshold`` (mean), ``tar_at_far``, ``xnorm``, ``roc`` (fpr, tpr, threshold lists), ``num_pairs``.
+        ``best_threshold`` (mean), ``tar_at_far``, ``xnorm``, ``roc`` (fpr, tpr, threshold lists), ``num_pairs``,
+        ``features`` (norms of the given rows: rows, min_norm, max_norm, renormalized_rows).
     """
-    e1 = np.asarray(emb1, np.float64)
-    e2 = np.asarray(emb2, np.float64)
+    e1 = np.array(emb1, np.float64)  # a copy: normalized in place below
+    e2 = np.array(emb2, np.float64)
     same = np.asarray(issame, bool)
     if e1.shape != e2.shape or e1.ndim != 2 or same.shape != (len(e1),):
         raise ValueError(f"expected emb1, emb2 of one (P, D) shape and issame (P,), got {e1.shape}, {e2.shape}, "
                          f"{same.shape}")
-    e1 /= np.maximum(np.linalg.norm(e1, axis=1, keepdims=True), 1e-12)
-    e2 /= np.maximum(np.linalg.norm(e2, axis=1, keepdims=True), 1e-12)
+    stats = NormStats()
+    for name, e in (("emb1", e1), ("emb2", e2)):
+        lengths = check_rows(e, name)
+        stats.update(lengths)
+        e /= lengths[:, None]
     dist = ((e1 - e2) ** 2).sum(axis=1)
     folds = kfold_splits(len(dist), nfolds)
     fold_acc, best = [], []
@@ -110,6 +116,7 @@ def evaluate_verification(
         "tar_at_far": tar_at_far(dist[same], dist[~same], fars),
         "xnorm": float(np.nanmean(norms)) if norms is not None and np.size(norms) else float("nan"),
         "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "threshold": thresholds.tolist()},
+        "features": stats.as_dict(),
     }
 
 

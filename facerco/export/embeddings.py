@@ -28,6 +28,7 @@ import numpy as np
 from torch import nn
 from torch.utils.data import Dataset
 
+from facerco.eval.checks import check_rows
 from facerco.utils.io import atomic_path, atomic_write_text, read_json, sha256_file, write_json
 
 __all__ = ["FORMATS", "DTYPES", "export_embeddings", "devkit_keys"]
@@ -145,6 +146,8 @@ def _assemble_npy(plan: _Plan, out: Path, dtype: str, dim: int) -> list[str]:
         for i in range(plan.num_shards):
             start, stop = plan.range(i)
             shard = _load_shard(plan.file(i))
+            # read back from disk (a resumed run's shards may be from a damaged or edited file): same check as eval
+            check_rows(shard["emb"], str(plan.file(i)), keys=[str(p) for p in shard["paths"]])
             feats[start:stop] = shard["emb"].astype(dtype)
             for p, lab, nrm in zip(shard["paths"], shard["labels"], shard["norms"]):
                 writer.writerow([str(p), int(lab), f"{float(nrm):.6g}"])
