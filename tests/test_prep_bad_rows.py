@@ -161,3 +161,22 @@ def test_damaged_records_of_a_rec_are_skipped_and_listed(tmp_path):
     assert any("decodable" in r["reason"] for r in rows)
     summary = json.loads((tmp_path / "re" / "realign_report.json").read_text())
     assert summary["aligned"] == 4 and summary["bad_rows"] == 2
+
+
+@pytest.mark.parametrize("recipe", ["msceleb_tsv", "folder_to_rec"])
+def test_detector_that_cannot_start_in_workers_is_one_error_not_a_hang(tmp_path, recipe):
+    """A bad landmarks file with --workers 2 used to make the pool restart crashing workers for ever."""
+    tsv = tmp_path / "faces.tsv"
+    _write_tsv(tsv)
+    tsv.write_text("".join(tsv.read_text().splitlines(keepends=True)[:2]))  # two good lines
+    (tmp_path / "photos" / "p0").mkdir(parents=True)
+    (tmp_path / "photos" / "p0" / "a.jpg").write_bytes(encode_image(np.zeros((40, 40, 3), np.uint8)))
+    (tmp_path / "lm.csv").write_text("path,x1\n")
+    src = [str(tsv), str(tmp_path / "out")] if recipe == "msceleb_tsv" else [
+        str(tmp_path / "photos"), str(tmp_path / "aligned"), str(tmp_path / "rec")]
+    cmd = [sys.executable, str(ROOT / "data_prep" / f"{recipe}.py"), *src, "--workers", "2",
+           "--detector", "landmarks", "--landmarks", str(tmp_path / "lm.csv")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    err = [line for line in proc.stderr.splitlines() if line.strip() and not _PROGRESS.match(line)]
+    assert proc.returncode == 1 and len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "landmarks detector cannot start" in err[0] and "lm.csv" in err[0]

@@ -257,13 +257,30 @@ class _Job:
     quality: int
 
 
+def _start_detector(state: dict[str, object], spec: DetectorSpec | None) -> None:
+    """Build a worker's detector into ``state``. A failure (bad model or landmarks file) is kept for
+    :func:`_raise_start_error` to raise at the first task: a pool initializer that raises makes the pool restart
+    crashing workers for ever."""
+    state.pop("error", None)
+    try:
+        state["detector"] = spec.build() if spec is not None else None
+    except Exception as exc:  # noqa: BLE001 - re-raised in the parent through the first task
+        state["error"] = f"{spec.name if spec else ''} detector cannot start: {' '.join(str(exc).split())}"
+
+
+def _raise_start_error(state: dict[str, object]) -> None:
+    if "error" in state:
+        raise RuntimeError(state["error"])
+
+
 def _init_worker(job: _Job) -> None:
     cv2.setNumThreads(1)
     _WORKER["job"] = job
-    _WORKER["detector"] = job.spec.build()
+    _start_detector(_WORKER, job.spec)
 
 
 def _process(rel: str) -> list[str]:
+    _raise_start_error(_WORKER)
     job: _Job = _WORKER["job"]  # type: ignore[assignment]
     detector: Detector = _WORKER["detector"]  # type: ignore[assignment]
     try:
@@ -285,6 +302,7 @@ def _process(rel: str) -> list[str]:
 def _run(todo: list[str], job: _Job, workers: int) -> Iterator[list[str]]:
     if workers <= 1:
         _init_worker(job)
+        _raise_start_error(_WORKER)
         yield from map(_process, todo)
         return
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
@@ -358,12 +376,14 @@ def align_tree(
     with _open_report(report_path) as handle:
         writer = csv.writer(handle)
         bar = tqdm(total=len(todo), desc="align", unit="img", disable=not progress)
-        for row in _run(todo, job, workers):
-            writer.writerow(row)
-            handle.flush()
-            counts["aligned" if row[4] else "failed"] += 1
-            bar.update(1)
-        bar.close()
+        try:
+            for row in _run(todo, job, workers):
+                writer.writerow(row)
+                handle.flush()
+                counts["aligned" if row[4] else "failed"] += 1
+                bar.update(1)
+        finally:
+            bar.close()  # before an error is printed, so the error starts its own line
     return counts
 
 

@@ -21,7 +21,7 @@ import multiprocessing as mp
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +31,8 @@ import numpy as np
 from facerco.prep.align import (
     REPORT_NAME,
     _open_report,
+    _raise_start_error,
+    _start_detector,
     align_image,
     decode_to_rgb,
     read_report,
@@ -194,7 +196,7 @@ _WORKER: dict[str, object] = {}
 def _init(job: _Job) -> None:
     cv2.setNumThreads(1)
     _WORKER["job"] = job
-    _WORKER["detector"] = job.spec.build() if job.spec is not None else None
+    _start_detector(_WORKER, job.spec)
 
 
 def _decode(item: StreamItem) -> bytes:
@@ -208,6 +210,7 @@ def _decode(item: StreamItem) -> bytes:
 
 def _work(item: StreamItem) -> tuple[list[str], str | None]:
     """The report row of one item, and why its payload is damaged (None when it is an image)."""
+    _raise_start_error(_WORKER)
     job: _Job = _WORKER["job"]  # type: ignore[assignment]
     detector: Detector | None = _WORKER["detector"]  # type: ignore[assignment]
     try:
@@ -278,6 +281,9 @@ def align_stream(
     from tqdm import tqdm
 
     out = Path(dst)
+    it = iter(items)
+    first = next(it, None)  # a producer that cannot start (file not found) fails before any worker or bar exists
+    items = chain([first], it) if first is not None else ()
     out.mkdir(parents=True, exist_ok=True)
     done = finished_keys(out)
     job = _Job(str(out), spec, size, policy, quality)
@@ -286,6 +292,7 @@ def align_stream(
     pool = ctx.Pool(workers, initializer=_init, initargs=(job,)) if workers > 1 else None
     if pool is None:
         _init(job)
+        _raise_start_error(_WORKER)
     bar = tqdm(total=total, desc="align", unit="img", disable=not progress)
     bad_log = _BadRowLog(out, strict)
     try:
