@@ -314,7 +314,7 @@ def test_cli_export_onnx_from_checkpoint_with_classifier(tmp_path: Path, capsys:
     from facerco.cli import main
     from facerco.models import create_model
     from facerco.models.checkpoint import save_model_checkpoint
-    from facerco.utils.io import read_json
+    from facerco.utils.io import read_json, sha256_file
 
     model = _trained_like(create_model("iresnet_tiny"))
     ckpt = save_model_checkpoint(tmp_path / "student.safetensors", model, classifier=torch.randn(10, 128))
@@ -329,7 +329,11 @@ def test_cli_export_onnx_from_checkpoint_with_classifier(tmp_path: Path, capsys:
     report = read_json(tmp_path / "deploy" / "student.parity.json")
     assert report["passed"] and report["num_images"] == 3 and set(report["latency"]) == {"1", "64"}
     assert report["export"]["sha256"] == report["onnx_sha256"]
-    assert sorted(p.name for p in out.parent.iterdir()) == ["student.onnx", "student.parity.json"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["student.card.json", "student.card.md", "student.onnx",
+                                                            "student.parity.json"]
+    card = read_json(tmp_path / "deploy" / "student.card.json")
+    assert card["passed"] and card["model"]["precision"] == "fp32" and card["model"]["sha256"] == report["onnx_sha256"]
+    assert card["source"]["sha256"] == sha256_file(ckpt) and card["architecture"]["arch"] == "iresnet_tiny"
 
 
 def test_cli_export_insightface_pth_with_arch(tmp_path: Path) -> None:

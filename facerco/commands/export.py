@@ -1,7 +1,7 @@
 """`facerco export onnx|embeddings`: deployment artefacts from a trained backbone.
 
-Thin CLI over :mod:`facerco.export.onnx` and :mod:`facerco.export.embeddings`; heavy imports happen inside the
-handlers so ``facerco --help`` stays fast.
+Thin CLI over :mod:`facerco.export.deploy` (an fp32 / fp16 / int8 file with its parity report and model card) and
+:mod:`facerco.export.embeddings`; heavy imports happen inside the handlers so ``facerco --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -17,6 +17,11 @@ _PRINT_ROWS = 64
 _EXPORTERS = ("dynamo", "legacy")
 _DEFAULT_OPSET = 18
 _GENERATED = "generated"
+# Mirrors of facerco.export.quantize constants (same test).
+_CALIB_METHODS = ("minmax", "entropy", "percentile")
+_DEFAULT_CALIB_COUNT = 300
+_DEFAULT_CALIB_BATCH = 16
+_INT8_MIN_MEAN_COSINE = 0.98
 
 
 def _load_backbone(path: str, arch: str | None) -> tuple[Any, dict[str, Any]]:
@@ -43,40 +48,55 @@ def _print_parity(report: dict[str, Any], min_cosine: float) -> None:
               f"{t['onnxruntime_img_s']:10.1f}")
 
 
-def _export_onnx(args: argparse.Namespace) -> int:
-    from facerco.export.onnx import (
-        check_parity,
-        export_onnx,
-        load_check_images,
-        parity_report_path,
-    )
-    from facerco.utils.io import sha256_file, write_json
+def _plan(args: argparse.Namespace) -> Any:
+    from facerco.export.deploy import ExportPlan
 
-    model, ckpt_meta = _load_backbone(args.checkpoint, args.arch)
-    info = export_onnx(
-        model, args.output, opset=args.opset, fp16=args.fp16, simplify=args.simplify, exporter=args.exporter,
-        metadata={"source_checkpoint": Path(args.checkpoint).name, "source_sha256": sha256_file(args.checkpoint)},
+    precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    return ExportPlan(
+        precision=precision, opset=args.opset, exporter=args.exporter, simplify=args.simplify,
+        calibrate=args.calibrate, calibration_count=args.calib_count, calibration_batch=args.calib_batch,
+        calibration_method=args.calib_method, per_channel=not args.per_tensor, preprocess=not args.no_preprocess,
+        check=None if args.no_check else args.check, check_limit=args.check_limit, repeats=args.repeats,
+        eval_pairs=args.eval_pairs, eval_root=args.eval_root, eval_bin=args.eval_bin, min_cosine=args.min_cosine,
+        min_mean_cosine=args.min_mean_cosine, max_drop=args.max_drop,
     )
-    print(f"wrote {info.path} ({info.file_bytes / 1e6:.2f} MB, {info.num_nodes} nodes, opset {info.opset}, "
-          f"{info.exporter} exporter{', fp16' if info.fp16 else ''}{', simplified' if info.simplified else ''}); "
-          f"input data: (batch, 3, {info.input_size[0]}, {info.input_size[1]}) RGB (x-127.5)/127.5; "
-          f"output embedding: (batch, {info.embedding_size})")
-    if args.no_check:
-        return 0
-    images, names = load_check_images(args.check, info.input_size, limit=args.check_limit)
-    report = check_parity(model, info.path, images, names, batch_sizes=(1, 64), repeats=args.repeats)
-    min_cosine = args.min_cosine
-    report.update({"export": info.to_dict(), "check_source": str(args.check), "goal_min_cosine": min_cosine,
-                   "checkpoint_metadata": ckpt_meta})
-    report["passed"] = report["summary"]["min_cosine"] >= min_cosine
-    _print_parity(report, min_cosine)
-    out = parity_report_path(info.path)
-    write_json(out, report)
-    print(f"parity report: {out}")
-    if not report["passed"]:
-        print(f"parity below goal: min cosine {report['summary']['min_cosine']:.7f} < {min_cosine}")
-        return 1
-    return 0
+
+
+def _print_result(result: Any) -> None:
+    card = result.card
+    m, e = card["model"], card["export"]
+    h, w = card["architecture"]["input_size"]
+    extra = f", {card['quantization']['size_vs_float32']:.2f}x the float32 file" if card["quantization"] else ""
+    print(f"wrote {result.path} ({m['precision']}, {m['file_bytes'] / 1e6:.2f} MB{extra}, {m['num_nodes']} nodes, "
+          f"opset {m['opset']}, {e['exporter']} exporter{', simplified' if e['simplified'] else ''}); input data: "
+          f"(batch, 3, {h}, {w}) RGB (x-127.5)/127.5; output embedding: (batch, {card['output']['shape'][1]})")
+    if result.parity is not None:
+        _print_parity(result.parity, card["gates"]["min_cosine"] or 0.0)
+    v = card["verification"]
+    if v is not None:
+        print(f"verification on {v['num_pairs']} pairs: PyTorch {100 * v['pytorch']['accuracy']:.2f} %, exported "
+              f"{100 * v['exported']['accuracy']:.2f} % (drop {v['drop_points']:+.2f} points)")
+    for path in result.files[1:]:
+        print(f"wrote {path}")
+    if not result.passed:
+        print(f"export rejected ({'; '.join(result.failures)}): kept as {result.path}")
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from facerco.export.deploy import export_model
+    from facerco.utils.io import sha256_file
+
+    plan = _plan(args)
+    plan.validate()
+    model, ckpt_meta = _load_backbone(args.checkpoint, args.arch)
+    source = {"checkpoint": Path(args.checkpoint).name, "sha256": sha256_file(args.checkpoint)}
+    result = export_model(
+        model, args.output, plan, source=source,
+        metadata={"source_checkpoint": source["checkpoint"], "source_sha256": source["sha256"]},
+        report_extra={"checkpoint_metadata": ckpt_meta},
+    )
+    _print_result(result)
+    return 0 if result.passed else 1
 
 
 def _export_embeddings(args: argparse.Namespace) -> int:
@@ -93,11 +113,25 @@ def _export_embeddings(args: argparse.Namespace) -> int:
 
 
 def _add_onnx(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("onnx", help="backbone checkpoint -> one self-contained ONNX file (+ parity report)")
+    p = sub.add_parser("onnx", help="checkpoint -> one self-contained ONNX file (fp32/fp16/int8), parity report, card")
     p.add_argument("checkpoint", help="facerco .safetensors checkpoint (or insightface .pth with --arch)")
     p.add_argument("-o", "--output", required=True, help="destination .onnx file")
     p.add_argument("--arch", default=None, help="architecture (e.g. iresnet100 or r100) of an insightface .pth")
-    p.add_argument("--fp16", action="store_true", help="fp16 weights and compute, float32 input/output")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="fp16 weights and compute, float32 input/output")
+    precision.add_argument("--int8", action="store_true",
+                           help="int8 static quantization (QDQ, per-channel weights) calibrated on --calibrate")
+    p.add_argument("--calibrate", default=None, metavar="ALIGNED_DIR|.rec|.bin",
+                   help="calibration images for --int8: an aligned identity folder, a .rec dataset or a .bin")
+    p.add_argument("--calib-count", type=int, default=_DEFAULT_CALIB_COUNT,
+                   help=f"calibration images, evenly spaced over the source (default {_DEFAULT_CALIB_COUNT})")
+    p.add_argument("--calib-batch", type=int, default=_DEFAULT_CALIB_BATCH,
+                   help=f"calibration batch size (default {_DEFAULT_CALIB_BATCH})")
+    p.add_argument("--calib-method", choices=_CALIB_METHODS, default="minmax",
+                   help="activation range estimator (default minmax)")
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
+    p.add_argument("--no-preprocess", action="store_true",
+                   help="skip onnxruntime's quant_pre_process (shape inference + optimisation) before quantizing")
     p.add_argument("--simplify", action="store_true", help="run onnxsim on the exported graph")
     p.add_argument("--opset", type=int, default=_DEFAULT_OPSET,
                    help=f"ONNX opset (default {_DEFAULT_OPSET}; below 17 use --exporter legacy)")
@@ -108,8 +142,16 @@ def _add_onnx(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-check", action="store_true", help="skip the parity/latency check")
     p.add_argument("--check-limit", type=int, default=64, help="images used by the check (default 64)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per batch size (default 5)")
-    p.add_argument("--min-cosine", type=float, default=0.9999,
-                   help="exit 1 when any image's cosine is below this (default 0.9999, fp16 included)")
+    p.add_argument("--min-cosine", type=float, default=None,
+                   help="reject when any image's cosine is below this (default 0.9999 for fp32/fp16, off for int8)")
+    p.add_argument("--min-mean-cosine", type=float, default=None,
+                   help=f"reject when the mean cosine is below this (default {_INT8_MIN_MEAN_COSINE} for int8, off "
+                        "otherwise)")
+    p.add_argument("--eval-pairs", default=None, help="LFW-style pairs.txt: verification of PyTorch vs the file")
+    p.add_argument("--eval-root", default=None, help="image folder the --eval-pairs paths are relative to")
+    p.add_argument("--eval-bin", default=None, help="insightface verification .bin instead of --eval-pairs")
+    p.add_argument("--max-drop", type=float, default=None,
+                   help="reject when verification accuracy drops more than this many points (needs --eval-*)")
     add_debug_arg(p)
     p.set_defaults(func=_export_onnx)
 

@@ -218,6 +218,13 @@ def _validate(model: onnx.ModelProto, path: Path, input_size: tuple[int, int], e
         raise RuntimeError(f"{path}: leading node names would make insightface assume in-graph normalisation")
 
 
+def _strip_node_metadata(model: onnx.ModelProto) -> None:
+    """Drop per-node debug metadata: the dynamo exporter stores each node's Python stack trace (with local paths)
+    and module hierarchy there, ~6% of an mbf_0.8m file and ~15% of its int8 file, useless to a runtime."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+
+
 def _set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
     del model.metadata_props[:]
     for key, value in values.items():
@@ -264,6 +271,7 @@ def export_onnx(
         if simplify:
             proto = _simplify(proto, path)
         _rename_insightface_decoys(proto)
+        _strip_node_metadata(proto)
         props = {
             "facerco.arch": str(meta.name),
             "facerco.arch_kwargs": json.dumps(dict(getattr(meta, "arch_kwargs", {}) or {}), sort_keys=True),
