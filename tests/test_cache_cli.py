@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
-from test_distill_support import IMAGE, student_cfg, train_teacher, write_faces
+from test_distill_support import IMAGE, base_cfg, student_cfg, train_teacher, write_faces
 
 from facerco.cli import main
 from facerco.config import dump_config
@@ -56,3 +57,52 @@ def test_route_plan_gss_without_config_starts_at_first_point(route, capsys):
     anchors = next(line for line in out.splitlines() if line.startswith("anchors:")).split(":", 1)[1].split(" -> ")
     assert anchors[0].strip() == "epoch_001" and anchors[-1].strip() == "epoch_004"
     assert "from epoch_001" in out and "student@init" not in out
+
+
+def _cache_cli(run, faces, out, *extra):
+    return main(["cache", str(run), str(faces), "--format", "folder", "--out", str(out), "--anchors", "epoch_003,final",
+                 "--workers", "0", "--no-progress", "--device", "cpu", *extra])
+
+
+def _student_yaml(faces, run, out, path):
+    cfg = student_cfg(faces, run, out, strategy="manual", anchors=["epoch_003"], final_share=0.5)
+    cfg.train.epochs = 1.0
+    path.write_text(dump_config(cfg))
+    return path
+
+
+def test_distill_refuses_the_cache_of_a_retrained_teacher(route, tmp_path, capsys):
+    """Same run directory, same point names, other weights: the cached targets are the old teacher's."""
+    from facerco.train.teacher import train_teacher as run_teacher
+
+    root, faces, run = route
+    same = tmp_path / "teacher"
+    shutil.copytree(run, same)
+    assert _cache_cli(same, faces, tmp_path / "cache") == 0
+    cfg_path = _student_yaml(faces, same, tmp_path / "student", tmp_path / "student.yaml")
+    shutil.rmtree(same)
+    retrain = base_cfg(faces, same, kind="teacher", train={"seed": 1})
+    run_teacher(retrain)
+    capsys.readouterr()
+    assert main(["distill", str(cfg_path), f"distill.cache={tmp_path / 'cache'}"]) == 1
+    err = capsys.readouterr().err
+    assert "manifest.json: anchor epoch_003: route sha256 differs (cache " in err
+    assert f"rebuild with `facerco cache {same.resolve()} {faces.resolve()} --out NEW_DIR`" in err
+    assert not (tmp_path / "student" / "student.safetensors").exists()
+
+
+def test_distill_and_cache_refuse_another_image_size(route, tmp_path, capsys):
+    root, faces, run = route
+    out = tmp_path / "cache"
+    assert _cache_cli(run, faces, out) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["version"] == 2 and manifest["dataset"]["input_size"] == [IMAGE, IMAGE]
+    assert manifest["meta"]["teacher_run"] == str(run.resolve())
+    assert manifest["anchors"]["epoch_003"]["point_sha256"] == json.loads((run / "route.json").read_text())[
+        "points"][2]["sha256"]
+    cfg_path = _student_yaml(faces, run, tmp_path / "student", tmp_path / "student.yaml")
+    capsys.readouterr()
+    assert main(["distill", str(cfg_path), f"distill.cache={out}", "data.image_size=16"]) == 1
+    assert f"input size differs (cache {IMAGE}x{IMAGE}, dataset 16x16)" in capsys.readouterr().err
+    assert _cache_cli(run, faces, out, "--image-size", "16") == 1  # resuming into it at another size
+    assert "built for another dataset or input: input size differs" in capsys.readouterr().err

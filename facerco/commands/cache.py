@@ -1,7 +1,9 @@
 """`facerco cache RUN DATASET`: precompute anchor embeddings of every training image (plain and flipped).
 
 The student then reads targets from the cache (``distill.cache=DIR``) instead of running the teacher. The cache is
-fp16, memory-mapped, sharded, resumable (rerun the same command) and checksummed; see :mod:`facerco.route.cache`.
+fp16, memory-mapped, sharded, resumable (rerun the same command) and checksummed; its manifest records the teacher
+run (absolute path) and each anchor's route sha256, the images' fingerprint, the input size and the transform, and
+the student refuses a cache that does not match; see :mod:`facerco.route.cache`.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ def _cache(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run) / "cache"
     manifest = build_cache(out, anchors, dataset, shard_size=args.shard_size, batch_size=args.batch_size,
                            device=device, num_workers=args.workers,
-                           meta={"teacher_run": str(args.run), "dataset": str(args.dataset),
-                                 "image_size": image_size}, progress=not args.no_progress)
+                           meta={"teacher_run": str(Path(args.run).resolve()),
+                                 "dataset": str(Path(args.dataset).resolve()), "image_size": image_size},
+                           progress=not args.no_progress)
     print(f"cache: {len(names)} anchor(s) x {len(dataset)} images (plain + flip, fp16) -> {manifest}")
     return 0
 

@@ -2,20 +2,33 @@
 
 Layout of a cache directory::
 
-    manifest.json                 format, dataset fingerprint, shard size, per anchor: dim, point sha256, shards
+    manifest.json                 format, dataset fingerprint, input, shard size, per anchor: dim, point sha256, shards
     <anchor>/shard_00000.npy      float16 array (rows, 2, D): [:, 0] the image, [:, 1] its horizontal flip
 
 Shards are written whole to a temporary file and renamed (atomic), and the manifest is rewritten after each
 shard, so a killed job resumes at the first missing shard. Every shard's sha256 is in the manifest and checked
 when the cache is opened. Reading is memory-mapped: the student loop fetches targets by dataset index and the
 flip bit of the sample (the engine sampler's KeyedDataset keys ``[index, flip]``) instead of running the teacher.
+
+What a cache is valid for is recorded (manifest version 2) and checked by :meth:`AnchorCache.check_dataset`:
+
+- the dataset: number of items, the label vector, and the image bytes (``.rec``: record keys and offsets, the file
+  size and a hash of sampled records' bytes; folders: every relative path and file size plus a hash of sampled
+  files' bytes; other datasets: a hash of sampled item tensors);
+- the network input: its size, the transform (family, normalization, whether it flips at random) and the flip
+  convention of the ``[:, 1]`` rows;
+- the teacher: each anchor's route-point sha256, compared with the route the student follows.
+
+A mismatch raises ValueError naming the manifest and what changed. Version 1 caches (labels only) are refused:
+what they were built from cannot be verified.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +41,200 @@ from facerco.utils.io import atomic_path, read_json, sha256_file, write_json
 
 __all__ = [
     "CACHE_FORMAT",
+    "CACHE_VERSION",
+    "FLIP_CONVENTION",
     "dataset_fingerprint",
+    "images_fingerprint",
+    "transform_fingerprint",
     "build_cache",
     "AnchorCache",
 ]
 
 CACHE_FORMAT = "facerco-anchor-cache"
-CACHE_VERSION = 1
-def dataset_fingerprint(dataset: Any) -> dict[str, Any]:
-    """Length and a hash of the labels: enough to refuse a cache built for another dataset or order."""
+CACHE_VERSION = 2
+FLIP_CONVENTION = "horizontal: torch.flip(x, dims=[-1]) of the normalized (N, C, H, W) network input"
+SAMPLED_IMAGES = 64  # images whose bytes are hashed: re-aligned or re-encoded data changes nearly all of them
+_SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a cache was built from
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _sha(parts: Iterable[bytes]) -> str:
+    """sha256 over length-prefixed parts, so moving a boundary between parts changes the digest."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _sample_indices(n: int, count: int = SAMPLED_IMAGES) -> list[int]:
+    """``count`` evenly spaced indices over ``range(n)``, first and last included (all of them when n <= count)."""
+    if n <= 0:
+        return []
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, min(n, count))})
+
+
+def _labels_sha256(dataset: Any) -> str:
     labels = getattr(dataset, "labels", None)
     if labels is None:
         labels = [int(dataset[i][1]) for i in range(len(dataset))]
-    arr = np.ascontiguousarray(np.asarray(labels, dtype=np.int64))
-    return {"num_items": int(len(dataset)), "labels_sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(labels, dtype=np.int64)).tobytes()).hexdigest()
 
 
-_SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+def images_fingerprint(dataset: Any, samples: int = SAMPLED_IMAGES) -> dict[str, Any]:
+    """What identifies the image bytes of ``dataset`` without reading all of them.
+
+    ``.rec`` datasets: keys and offsets of the image records, the file size and a hash of ``samples`` records'
+    bytes. Identity folders: every relative path with its size and a hash of ``samples`` files' bytes. Any other
+    dataset: a hash of ``samples`` item tensors (float32), which also covers its transform.
+    """
+    from facerco.data.datasets import FolderDataset, RecordDataset
+
+    picks = _sample_indices(len(dataset), samples)
+    if isinstance(dataset, RecordDataset):
+        reader = dataset.reader
+        keys = np.ascontiguousarray(np.asarray(dataset.keys, dtype=np.int64))
+        offsets = np.ascontiguousarray(reader.offsets[reader.positions(keys)].astype(np.int64))
+        return {"kind": "rec", "file_bytes": int(reader.size),
+                "records_sha256": _sha([keys.tobytes(), offsets.tobytes()]),
+                "samples": len(picks), "sample_sha256": _sha(dataset.read_bytes(i) for i in picks)}
+    if isinstance(dataset, FolderDataset):
+        listing = "".join(f"{Path(p).relative_to(dataset.root).as_posix()}\t{Path(p).stat().st_size}\n"
+                          for p in dataset.paths)
+        return {"kind": "folder", "files_sha256": _sha([listing.encode()]), "samples": len(picks),
+                "sample_sha256": _sha(dataset.read_bytes(i) for i in picks)}
+    return {"kind": "items", "samples": len(picks),
+            "sample_sha256": _sha(np.ascontiguousarray(np.asarray(dataset[i][0], dtype=np.float32)).tobytes()
+                                  for i in picks)}
+
+
+def transform_fingerprint(transform: Any) -> dict[str, Any]:
+    """Family, normalization and random flip of a dataset transform; the input size is recorded separately.
+
+    The normalization is measured (pixel values 0 and 255 through :func:`facerco.data.transforms.normalize`), not
+    copied from a docstring, so a change of convention between facerco versions shows. The transform itself is not
+    called: a random-flip transform would consume a draw of the training RNG.
+    """
+    from facerco.data.transforms import EvalTransform, normalize
+
+    if transform is None:
+        return {"type": "none"}
+    if not isinstance(transform, EvalTransform):
+        return {"type": f"{type(transform).__module__}.{type(transform).__qualname__}"}
+    levels = normalize(np.array([[[0, 0, 0], [255, 255, 255]]], dtype=np.uint8))
+    return {"type": "facerco decode + resize_square + normalize",
+            "normalize": [round(float(levels[0, 0, 0]), 6), round(float(levels[0, 0, 1]), 6)],
+            "random_flip": bool(getattr(transform, "flip", False))}
+
+
+def _input_size(dataset: Any) -> list[int]:
+    """(H, W) the network receives: the facerco transform's size, else the first item's shape."""
+    from facerco.data.transforms import EvalTransform
+
+    transform = getattr(dataset, "transform", None)
+    if isinstance(transform, EvalTransform):
+        return [transform.size, transform.size]
+    if len(dataset) == 0:
+        return []
+    return [int(s) for s in np.shape(dataset[0][0])[-2:]]
+
+
+def dataset_fingerprint(dataset: Any) -> dict[str, Any]:
+    """Everything a cache's rows depend on besides the teacher: items, labels, image bytes, input size, transform."""
+    return {"num_items": int(len(dataset)), "labels_sha256": _labels_sha256(dataset),
+            "images": images_fingerprint(dataset), "input_size": _input_size(dataset),
+            "transform": transform_fingerprint(getattr(dataset, "transform", None))}
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12] + "…"
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return f"{value[0]}x{value[1]}"
+    return str(value)
+
+
+_IMAGE_FIELDS = {
+    "kind": "image source",
+    "file_bytes": "record file size",
+    "records_sha256": "record layout (keys/offsets: a re-packed or re-aligned .rec)",
+    "files_sha256": "list of image files and sizes",
+    "samples": "number of sampled images",
+    "sample_sha256": "content of the sampled images (hash of their bytes)",
+}
+_DATASET_FIELDS = {
+    "num_items": "number of images",
+    "labels_sha256": "label vector (another dataset or order)",
+    "images": "images",
+    "input_size": "input size",
+    "transform": "transform",
+}
+
+
+def _differences(cached: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """One phrase per field that changed: 'input size differs (cache 112x112, dataset 96x96)'.
+
+    Another number of images explains every other difference, so it is reported alone.
+    """
+    out = []
+    keys = list(_DATASET_FIELDS) + sorted((set(cached) | set(current)) - set(_DATASET_FIELDS))
+    if cached.get("num_items") != current.get("num_items"):
+        keys = ["num_items"]
+    for key in keys:
+        a, b = cached.get(key), current.get(key)
+        if a == b:
+            continue
+        if key == "images" and isinstance(a, dict) and isinstance(b, dict) and a.get("kind") == b.get("kind"):
+            for sub in [k for k in _IMAGE_FIELDS if a.get(k) != b.get(k)]:
+                out.append(f"{_IMAGE_FIELDS[sub]} differs (cache {_short(a.get(sub))}, dataset {_short(b.get(sub))})")
+        elif key == "images":
+            kinds = [x.get("kind") if isinstance(x, dict) else x for x in (a, b)]
+            out.append(f"image source differs (cache {kinds[0]}, dataset {kinds[1]})")
+        elif isinstance(a, dict) and isinstance(b, dict):
+            subs = [f"{k} (cache {_short(a.get(k))}, dataset {_short(b.get(k))})" for k in sorted(set(a) | set(b))
+                    if a.get(k) != b.get(k)]
+            out.append(f"{_DATASET_FIELDS.get(key, key)} differs: {', '.join(subs)}")
+        else:
+            out.append(f"{_DATASET_FIELDS.get(key, key)} differs (cache {_short(a)}, dataset {_short(b)})")
+    return out
+
+
+def _rebuild_hint(manifest: Mapping[str, Any], root: Path) -> str:
+    meta = manifest.get("meta") or {}
+    run, data = meta.get("teacher_run") or "RUN", meta.get("dataset") or "DATASET"
+    return f"rebuild with `facerco cache {run} {data} --out NEW_DIR` (or delete {root} first)"
+
+
+def _point_shas(route: Any) -> dict[str, str]:
+    """name -> sha256 of a :class:`facerco.route.io.Route` or of a plain mapping."""
+    if isinstance(route, Mapping):
+        return {str(k): str(v) for k, v in route.items()}
+    return {p.name: p.sha256 for p in route.points}
+
+
+def _check_manifest_header(manifest: Mapping[str, Any], path: Path) -> None:
+    """Refuse foreign files, old (unverifiable) versions and another flip convention, with the fix."""
+    if manifest.get("format") != CACHE_FORMAT:
+        raise ValueError(f"{path}: not a facerco anchor cache (format {manifest.get('format')!r})")
+    version = manifest.get("version")
+    if version == 1:
+        raise ValueError(f"{path}: anchor cache version 1 (written by an older facerco) records only the labels, so "
+                         "its image bytes, input size, transform and teacher cannot be checked; "
+                         + _rebuild_hint(manifest, path.parent))
+    if version != CACHE_VERSION:
+        raise ValueError(f"{path}: cache version {version!r} is not supported (this facerco reads {CACHE_VERSION})")
+    if manifest.get("flip") != FLIP_CONVENTION:
+        raise ValueError(f"{path}: flipped rows follow {manifest.get('flip')!r}, this facerco flips by "
+                         f"{FLIP_CONVENTION!r}; " + _rebuild_hint(manifest, path.parent))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def _anchor_dir(name: str) -> str:
@@ -55,15 +245,28 @@ def _anchor_dir(name: str) -> str:
 
 def _new_manifest(fingerprint: dict[str, Any], shard_size: int, meta: dict[str, Any]) -> dict[str, Any]:
     return {"format": CACHE_FORMAT, "version": CACHE_VERSION, "dtype": "float16",
-            "layout": "(rows, 2 [plain, flip], D)", "shard_size": int(shard_size),
+            "layout": "(rows, 2 [plain, flip], D)", "flip": FLIP_CONVENTION, "shard_size": int(shard_size),
             "dataset": fingerprint, "meta": meta, "anchors": {}}
+
+
+def _open_existing(manifest_path: Path, fingerprint: dict[str, Any], shard_size: int) -> dict[str, Any]:
+    """The manifest of a cache being resumed, refused when it was built from anything else."""
+    manifest = read_json(manifest_path)
+    _check_manifest_header(manifest, manifest_path)
+    changes = _differences(manifest["dataset"], fingerprint)
+    if changes:
+        raise ValueError(f"{manifest_path}: built for another dataset or input: {'; '.join(changes)}; "
+                         "use a new cache directory")
+    if int(manifest["shard_size"]) != shard_size:
+        raise ValueError(f"{manifest_path}: shard_size {manifest['shard_size']} differs from {shard_size}")
+    return manifest
 
 
 @torch.no_grad()
 def _embed(model: nn.Module, images: torch.Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     x = images.to(device)
     plain = model(x).float().cpu().numpy()
-    flip = model(torch.flip(x, dims=[-1])).float().cpu().numpy()
+    flip = model(torch.flip(x, dims=[-1])).float().cpu().numpy()  # FLIP_CONVENTION
     return plain, flip
 
 
@@ -79,7 +282,8 @@ def build_cache(out_dir: str | Path, anchors: dict[str, tuple[Callable[[], nn.Mo
         dataset: items ``(image_tensor_CHW, label, ...)`` with an eval transform (no random flip), fixed order.
         shard_size: rows per shard file.
         batch_size, device, num_workers: extraction settings.
-        meta: free-form provenance stored in the manifest (teacher run, dataset root).
+        meta: free-form provenance stored in the manifest (``teacher_run``: the run directory, used to re-check the
+            anchors' sha256 when a student gives no route; ``dataset``: its path, quoted in rebuild hints).
         progress: show a tqdm bar.
 
     Returns:
@@ -93,14 +297,11 @@ def build_cache(out_dir: str | Path, anchors: dict[str, tuple[Callable[[], nn.Mo
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
     fingerprint = dataset_fingerprint(dataset)
+    if fingerprint["transform"].get("random_flip"):
+        raise ValueError(f"{manifest_path}: the dataset's transform flips at random; the cache needs a fixed "
+                         "transform (EvalTransform) because it stores both views itself")
     if manifest_path.exists():
-        manifest = read_json(manifest_path)
-        if manifest.get("format") != CACHE_FORMAT:
-            raise ValueError(f"{manifest_path}: not a facerco anchor cache")
-        if manifest["dataset"] != fingerprint:
-            raise ValueError(f"{manifest_path}: built for another dataset ({manifest['dataset']} vs {fingerprint})")
-        if int(manifest["shard_size"]) != shard_size:
-            raise ValueError(f"{manifest_path}: shard_size {manifest['shard_size']} differs from {shard_size}")
+        manifest = _open_existing(manifest_path, fingerprint, shard_size)
     else:
         manifest = _new_manifest(fingerprint, shard_size, meta or {})
     n = fingerprint["num_items"]
@@ -109,8 +310,9 @@ def build_cache(out_dir: str | Path, anchors: dict[str, tuple[Callable[[], nn.Mo
     for name, (load, point_sha) in anchors.items():
         entry = manifest["anchors"].get(name)
         if entry is not None and entry.get("point_sha256") != point_sha:
-            raise ValueError(f"{manifest_path}: anchor {name!r} was cached from another checkpoint "
-                             f"(sha256 {entry.get('point_sha256')} vs {point_sha}); use a new cache directory")
+            raise ValueError(f"{manifest_path}: anchor {name}: route sha256 differs (cache "
+                             f"{_short(entry.get('point_sha256'))}, route {_short(point_sha)}): it was cached from "
+                             "another checkpoint; use a new cache directory")
         shards = {s["index"]: s for s in (entry or {}).get("shards", [])}
         todo = [k for k in range(num_shards)
                 if k not in shards or not (out / shards[k]["file"]).is_file()]
@@ -122,26 +324,8 @@ def build_cache(out_dir: str | Path, anchors: dict[str, tuple[Callable[[], nn.Mo
         bar = tqdm(total=len(todo) * shard_size, desc=f"cache {name}", unit="img", disable=not progress)
         for k in todo:
             start, end = k * shard_size, min(n, (k + 1) * shard_size)
-            subset = torch.utils.data.Subset(dataset, range(start, end))
-            loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
             rel = f"{folder.name}/shard_{k:05d}.npy"
-            dim = 0
-            with atomic_path(out / rel) as tmp:
-                arr = None
-                row = 0
-                for batch in loader:
-                    plain, flip = _embed(model, batch[0], dev)
-                    if arr is None:
-                        dim = plain.shape[1]
-                        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(end - start, 2, dim))
-                    arr[row:row + len(plain), 0] = plain
-                    arr[row:row + len(plain), 1] = flip
-                    row += len(plain)
-                    bar.update(len(plain))
-                if arr is None or row != end - start:
-                    raise RuntimeError(f"cache {name}: shard {k} got {row} rows, expected {end - start}")
-                arr.flush()
-                del arr
+            dim = _write_shard(out / rel, model, dataset, start, end, batch_size, num_workers, dev, bar, name, k)
             shards[k] = {"index": k, "file": rel, "start": start, "end": end, "sha256": sha256_file(out / rel)}
             manifest["anchors"][name] = {"embedding_size": dim or (entry or {}).get("embedding_size", 0),
                                          "point_sha256": point_sha,
@@ -152,17 +336,48 @@ def build_cache(out_dir: str | Path, anchors: dict[str, tuple[Callable[[], nn.Mo
     return manifest_path
 
 
+def _write_shard(path: Path, model: nn.Module, dataset: Dataset, start: int, end: int, batch_size: int,
+                 num_workers: int, device: torch.device, bar: Any, name: str, k: int) -> int:
+    """Embed rows ``start:end`` (plain and flipped) into one fp16 .npy, atomically; returns the embedding size."""
+    subset = torch.utils.data.Subset(dataset, range(start, end))
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    dim = 0
+    with atomic_path(path) as tmp:
+        arr = None
+        row = 0
+        for batch in loader:
+            plain, flip = _embed(model, batch[0], device)
+            if arr is None:
+                dim = plain.shape[1]
+                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(end - start, 2, dim))
+            arr[row:row + len(plain), 0] = plain
+            arr[row:row + len(plain), 1] = flip
+            row += len(plain)
+            bar.update(len(plain))
+        if arr is None or row != end - start:
+            raise RuntimeError(f"cache {name}: shard {k} got {row} rows, expected {end - start}")
+        arr.flush()
+        del arr
+    return dim
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------------------------
+
+
 class AnchorCache:
-    """Read-only, memory-mapped view of a cache directory; shard checksums are verified on first use."""
+    """Read-only, memory-mapped view of a cache directory; shard checksums are verified on first use.
+
+    Opening refuses version 1 caches and another flip convention; :meth:`check_dataset` refuses a cache built from
+    other images, labels, input size, transform or teacher.
+    """
 
     def __init__(self, path: str | Path, verify: bool = True) -> None:
         self.root = Path(path)
         self.manifest_path = self.root / "manifest.json"
         self.manifest = read_json(self.manifest_path)
-        if self.manifest.get("format") != CACHE_FORMAT:
-            raise ValueError(f"{self.manifest_path}: not a facerco anchor cache (format {self.manifest.get('format')})")
-        if int(self.manifest.get("version", 0)) != CACHE_VERSION:
-            raise ValueError(f"{self.manifest_path}: cache version {self.manifest.get('version')} is not supported")
+        _check_manifest_header(self.manifest, self.manifest_path)
         self.shard_size = int(self.manifest["shard_size"])
         self.verify = verify
         self._arrays: dict[str, list[np.ndarray]] = {}
@@ -171,12 +386,56 @@ class AnchorCache:
     def anchors(self) -> list[str]:
         return list(self.manifest["anchors"])
 
-    def check_dataset(self, dataset: Any) -> None:
-        """Raise when ``dataset`` is not the one (same length, same label order) the cache was built from."""
-        fp = dataset_fingerprint(dataset)
-        if fp != self.manifest["dataset"]:
-            raise ValueError(f"{self.manifest_path}: cache was built for dataset {self.manifest['dataset']}, "
-                             f"the training dataset is {fp}")
+    def check_dataset(self, dataset: Any, route: Any = None, anchors: Sequence[str] | None = None) -> None:
+        """Raise ValueError unless ``dataset`` and the teacher are the ones the cache was built from.
+
+        Args:
+            dataset: the training set as the student reads it (same items, labels, image bytes, input size and
+                transform family; a random flip in its transform is refused).
+            route: the teacher route the student follows (:class:`facerco.route.io.Route` or name -> sha256).
+                None: the route of the teacher run recorded in the manifest, when it is on this machine (a warning
+                says so when it is not).
+            anchors: the anchors to check against ``route`` (each must be cached and in the route); None: every
+                cached anchor that the route has.
+        """
+        changes = _differences(self.manifest["dataset"], dataset_fingerprint(dataset))
+        if changes:
+            raise ValueError(f"{self.manifest_path}: the cache does not match the training data: "
+                             f"{'; '.join(changes)}: {_rebuild_hint(self.manifest, self.root)}")
+        if route is None:
+            route = self._recorded_route()
+        if route is not None:
+            self.check_route(route, anchors)
+
+    def check_route(self, route: Any, anchors: Sequence[str] | None = None) -> None:
+        """Raise ValueError when a cached anchor's checkpoint is not the route's point of that name."""
+        points = _point_shas(route)
+        where = getattr(route, "run_dir", "the route")
+        for name in self.anchors if anchors is None else list(anchors):
+            entry = self.manifest["anchors"].get(name)
+            if entry is None:
+                raise ValueError(f"{self.manifest_path}: anchor {name!r} is not cached; cached: {self.anchors}")
+            if name not in points:
+                if anchors is None:
+                    continue
+                raise ValueError(f"{self.manifest_path}: anchor {name}: not a point of {where}")
+            if entry.get("point_sha256") != points[name]:
+                raise ValueError(f"{self.manifest_path}: anchor {name}: route sha256 differs (cache "
+                                 f"{_short(entry.get('point_sha256'))}, route {_short(points[name])}): the teacher "
+                                 f"at {where} was retrained or re-recorded; {_rebuild_hint(self.manifest, self.root)}")
+
+    def _recorded_route(self) -> Any:
+        """The route of the manifest's teacher run, or None (with a warning when recorded but not found here)."""
+        from facerco.route.io import load_route
+
+        run = (self.manifest.get("meta") or {}).get("teacher_run")
+        if not run:
+            return None
+        if not (Path(run) / "route.json").is_file():
+            warnings.warn(f"{self.manifest_path}: anchors' route sha256 not checked: the teacher run {run} recorded "
+                          "in the manifest has no route.json here; pass the route to check_dataset", stacklevel=3)
+            return None
+        return load_route(run)
 
     def _open(self, anchor: str) -> list[np.ndarray]:
         if anchor in self._arrays:
