@@ -418,8 +418,11 @@ class Engine:
         start = self._maybe_resume()
         resumed_from = start
         logger = RunLogger(self.run_dir, enabled=self.is_main, tensorboard=tc.tensorboard, start_step=start)
-        if start:
-            logger.log("resume", start, {"epoch": self.epoch})
+        if start and self.is_main:  # say so: the progress bar alone just starts part-way
+            written = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.checkpoint_path.stat().st_mtime))
+            note = f"resuming from step {start} of {self.total_steps} (last.pt written at {written})"
+            print(f"{self.run_dir.name}: {note}", flush=True)
+            logger.log("resume", start, {"epoch": self.epoch, "total_steps": self.total_steps, "message": note})
         for cb in self.callbacks:
             cb.on_train_start(self)
         self.task.train()
