@@ -136,3 +136,13 @@ def test_megaface_pack_layout_with_sidecar_hints(tmp_path):
     assert (pack / "megaface_lst").read_text().split() == [f"person0/img{j}.jpg" for j in range(3)]
     report = json.loads((pack / "megaface_pack_report.json").read_text())
     assert report["facescrub"]["aligned"] == 4 and report["megaface"]["listed"] == 3
+
+
+@pytest.mark.parametrize("recipe", ["lfw_to_bin", "folder_to_rec", "msceleb_tsv", "rec_realign", "megaface_align"])
+def test_recipes_document_debug_and_streams_strict(recipe, capsys):
+    """Every recipe takes --debug (tracebacks; one-line errors otherwise); the streamed ones take --strict."""
+    with pytest.raises(SystemExit):
+        _recipe(recipe)(["--help"])
+    text = capsys.readouterr().out
+    assert "--debug" in text
+    assert ("--strict" in text) == (recipe in ("msceleb_tsv", "rec_realign", "megaface_align"))
