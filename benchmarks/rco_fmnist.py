@@ -1,34 +1,31 @@
-"""Closed-set RCO companion on real Fashion-MNIST: KD from the final teacher vs RCO one-stage / multi-stage / GSS.
+"""Closed-set RCO study on real Fashion-MNIST: do route strategies beat KD from the final teacher?
 
-The paper's KD setting (Hinton KD on logits, ``(1 - α)·CE + α·T²·KL``, T=4, α=0.9) with a step-decay teacher route
-(EVIDENCE.md, second probe), run through facerco's pieces: :class:`facerco.train.engine.Engine` trains teacher and
-students (a :class:`~facerco.train.task.TrainTask` for a classifier), the route is one checkpoint per teacher
-epoch, anchors come from :mod:`facerco.route.anchors` (EEIS; GSS with the KL of softened logits on a 512-image
-probe set), stages and lr restarts from :mod:`facerco.route.plan`, the loss from :class:`facerco.losses.distill
-.KDLoss`. Anchor logits of every training image are computed once per anchor (``OUT/teacher/logits``), so students
-never run the teacher.
+The pre-registered protocol (``benchmarks/README.md``, "RCO study protocol", written before the runs):
 
-Models (sized for 2 CPU cores): teacher ``cnn`` = three strided 3x3/5x5 conv-BN-ReLU layers (32-64-128) and a linear
-head, 114k parameters; student ``mlp`` = 784-32-10 with BatchNorm, 25.5k parameters (``--student-kind cnn
---student-width 12``: the teacher's layout at width 12, 21k parameters). Data: the Debian package
-``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``, 60,000 train / 10,000 test); no augmentation.
+* **Data**: the Debian package ``dataset-fashion-mnist``. The 60,000 training images are split once by a seeded
+  permutation (``--split-seed``) into 55,000 train / 5,000 validation; the 10,000 test images are read only to report
+  each finished student (and the final teacher) once. Every choice (``early``'s point, online GSS's probe decisions
+  are on training images) reads validation or training data, never test.
+* **Teacher**: ``cnn`` width 32 (114k parameters), 16 epochs, SGD lr 0.1 ×0.1 after epochs 8 and 12 (a step-decay
+  route with three lr phases), one route point per epoch with its validation accuracy and lr.
+* **Students**: ``cnn`` width 4 (4.2k parameters, 27× smaller), the teacher's full schedule (16 epochs, the same lr
+  drops), Hinton KD ``(1-α)·CE + α·T²·KL`` with T=4, α=0.9, batch 256. Variants (all through the engine, the
+  library's plans :func:`facerco.train.student.build_plan` / :mod:`facerco.route.strategies` and its
+  :class:`~facerco.route.strategies.RouteFollower`): ``scratch``, ``kd_final`` (the reference), the controls
+  ``early`` and ``reverse``, and the primary route strategies ``rco_eeis_one``, ``rco_eeis_multi``, ``lockstep``,
+  ``phase``, ``ensemble``, ``rco_gss_online``.
+* **Pilot gate** (seed 0, validation only): teacher − scratch ≥ 4 points and kd_final − scratch ≥ +0.5 point, else
+  the study stops and says so. Seed 0 is not counted.
+* **Endpoint** test accuracy; paired analysis over the counted seeds in :mod:`_study` (one-sided paired t-test,
+  Holm over the primary family, Wilcoxon as a check; success: adjusted p < 0.05, mean gain ≥ +0.2 point, ahead on
+  ≥ 80 % of seeds, and ahead of ``early`` and ``reverse``). Also reported: the congruence T²·KL(final teacher ||
+  student) on the test set (the paper's mechanism claim).
 
-Students (same epochs, batch, SGD lr 0.1 momentum 0.9, cosine per iteration, 3 seeds):
+Anchor logits of every training image are computed once per route point (``OUT/teacher/logits``), so students never
+run the teacher. Writes ``OUT/rco_fmnist.json`` (every run), ``.md`` and ``.png``.
 
-=============  ========================================================================================
-scratch        cross-entropy only
-kd_final       KD from the converged teacher (one schedule)
-rco_one        RCO, EEIS anchors (``--anchors`` evenly spaced route points ending with the final), one-stage
-rco_multi      the same anchors, multi-stage (each stage restarts the cosine schedule)
-rco_gss        RCO, GSS anchors (KL threshold ``--gss-delta`` × KL(student@init, final)), one-stage
-=============  ========================================================================================
-
-The final teacher gets ``--final-share`` of the student budget, the other anchors split the rest. Reported per
-variant: test accuracy (mean ± std), paired difference to kd_final (same seed), seeds ahead, and the congruence
-``T²·KL(final teacher || student)`` on the test set. Writes ``OUT/rco_fmnist.json``, ``.md`` and ``.png``.
-
-    python benchmarks/rco_fmnist.py --jobs 2 --out bench_out/rco_fmnist             # ~30 min on 2 cores
-    python benchmarks/rco_fmnist.py --train-limit 2000 --teacher-epochs 4 --student-epochs 2 --seeds 0   # minutes
+    python benchmarks/rco_fmnist.py --jobs 2 --out bench_out/rco_fmnist               # pilot + 10 seeds, ~1 h
+    python benchmarks/rco_fmnist.py --train-limit 2000 --teacher-epochs 4 --student-epochs 4 --seeds 0 1
 """
 
 from __future__ import annotations
@@ -38,8 +35,6 @@ import gzip
 import math
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -52,10 +47,27 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _study  # noqa: E402
+
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-VARIANTS = ("scratch", "kd_final", "rco_one", "rco_multi", "rco_gss")
-RCO_VARIANTS = ("rco_one", "rco_multi", "rco_gss")
+# the pre-registered variants (benchmarks/README.md, "RCO study protocol")
 REFERENCE = "kd_final"
+PRIMARY = ("rco_eeis_one", "rco_eeis_multi", "lockstep", "phase", "ensemble", "rco_gss_online")
+CONTROLS = ("early", "reverse")
+VARIANTS = ("scratch", REFERENCE, *CONTROLS, *PRIMARY)
+# the distill section of each variant (facerco.config.DistillConfig fields); scratch has none
+DISTILL: dict[str, dict[str, Any]] = {
+    "kd_final": {"strategy": "final"},
+    "early": {"strategy": "early", "best_metric": "val_acc"},
+    "reverse": {"strategy": "reverse", "num_anchors": 4},
+    "rco_eeis_one": {"strategy": "eeis", "num_anchors": 4, "schedule": "one_stage"},
+    "rco_eeis_multi": {"strategy": "eeis", "num_anchors": 4, "schedule": "multi_stage"},
+    "lockstep": {"strategy": "lockstep"},
+    "phase": {"strategy": "phase"},
+    "ensemble": {"strategy": "ensemble"},
+    "rco_gss_online": {"strategy": "gss_online", "gss_max_anchors": 4, "gss_divergence": "kl"},
+}
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel mean and std (x / 255)
 
 
@@ -133,13 +145,16 @@ def build_net(kind: str, width: int) -> nn.Module:
 
 
 def make_task(net: nn.Module, targets: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
-              plan: Any = None, alpha: float = 0.9, temperature: float = 4.0) -> Any:
-    """A :class:`~facerco.train.task.TrainTask`: CE alone, or ``(1-α)·CE + α·KD`` to the stage's anchor logits.
+              follower: Any = None, alpha: float = 0.9, temperature: float = 4.0) -> Any:
+    """A :class:`~facerco.train.task.TrainTask`: CE alone, or ``(1-α)·CE + α·KD`` to the followed anchor's logits.
 
-    ``targets(anchor, indices)`` returns the anchor's logits of those training images (the engine passes
-    ``keys = [index, flip]`` because the task sets ``wants_keys``).
+    ``targets(point, indices)`` returns a route point's logits of those training images (the engine passes
+    ``keys = [index, flip]`` because the task sets ``wants_keys``). ``follower`` is the library's
+    :class:`~facerco.route.strategies.RouteFollower` (stage plan, online-GSS decisions, saved in ``last.pt``);
+    an ensemble anchor averages its members' probabilities (:func:`~facerco.route.strategies.ensemble_logits`).
     """
     from facerco.losses.distill import KDLoss
+    from facerco.route.strategies import ensemble_logits, ensemble_members
     from facerco.train.task import TrainTask
 
     class _Task(TrainTask):
@@ -149,6 +164,13 @@ def make_task(net: nn.Module, targets: Callable[[str, torch.Tensor], torch.Tenso
             self.wants_keys = targets is not None
             self.kd = KDLoss(temperature)
 
+        def extra_state(self) -> dict[str, Any]:
+            return follower.state() if follower is not None else {}
+
+        def load_extra_state(self, state: dict[str, Any]) -> None:
+            if follower is not None:
+                follower.load_state(state)
+
         def training_step(self, images: torch.Tensor, labels: torch.Tensor, step: int,
                           keys: torch.Tensor | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
             logits = self.backbone(images)
@@ -157,10 +179,11 @@ def make_task(net: nn.Module, targets: Callable[[str, torch.Tensor], torch.Tenso
                 return {"loss": ce, "ce": ce.detach()}
             if keys is None:
                 raise ValueError("KD targets need the dataset keys (task.wants_keys)")
-            stage = plan.stage_at(step)
-            kd = self.kd(logits, targets(stage.anchor, keys[:, 0]))
+            anchor = follower.anchor_at(step)
+            target = ensemble_logits([targets(m, keys[:, 0]) for m in ensemble_members(anchor)], temperature)
+            kd = self.kd(logits, target)
             return {"loss": (1 - alpha) * ce + alpha * kd, "ce": ce.detach(), "kd": kd.detach(),
-                    "stage": torch.tensor(float(stage.index))}
+                    "stage": torch.tensor(float(follower.plan.stage_at(step).index))}
 
     return _Task()
 
@@ -199,28 +222,48 @@ def base_config(out: Path, epochs: float, batch: int, lr: float, seed: int, deca
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Teacher and its route
+# Data split, teacher and its route
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def train_teacher(args: argparse.Namespace, train: ArrayDataset, test: tuple[torch.Tensor, np.ndarray]
+def split_train_val(x: torch.Tensor, y: np.ndarray, val_size: int, seed: int
+                    ) -> tuple[ArrayDataset, tuple[torch.Tensor, np.ndarray]]:
+    """Seeded split of the training file into (train dataset, (validation images, labels))."""
+    if not 0 < val_size < len(y):
+        raise ValueError(f"--val-size {val_size} must be between 1 and {len(y) - 1}")
+    order = np.random.default_rng(seed).permutation(len(y))
+    val_idx, train_idx = np.sort(order[:val_size]), np.sort(order[val_size:])
+    return ArrayDataset(x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
+
+
+def accuracy(net: nn.Module, data: tuple[torch.Tensor, np.ndarray]) -> float:
+    return float((predict(net, data[0]).argmax(1).numpy() == data[1]).mean())
+
+
+def milestones_of(args: argparse.Namespace, epochs: float) -> list[float]:
+    """The teacher's lr drops (epochs), scaled to a run of ``epochs`` epochs (students run the same schedule)."""
+    drops = args.teacher_milestones or [0.5 * args.teacher_epochs, 0.75 * args.teacher_epochs]
+    return [d * epochs / args.teacher_epochs for d in drops]
+
+
+def train_teacher(args: argparse.Namespace, train: ArrayDataset, val: tuple[torch.Tensor, np.ndarray]
                   ) -> list[dict[str, Any]]:
-    """Train (or resume, or reuse) the step-decay teacher; route.json lists one point per epoch with test acc."""
+    """Train (or resume, or reuse) the step-decay teacher; route.json: a point per epoch with lr and val acc."""
     from facerco.train.engine import Callback, Engine, seed_everything
     from facerco.utils.io import atomic_path, read_json, sha256_file, write_json
 
     run = Path(args.out) / "teacher"
     route_json = run / "route.json"
+    key = {"epochs": args.teacher_epochs, "train_images": len(train), "val_images": len(val[1]),
+           "split_seed": args.split_seed, "width": args.teacher_width, "batch": args.batch}
     if route_json.is_file():
         route = read_json(route_json)
-        if route.get("complete") and route.get("epochs") == args.teacher_epochs and \
-                route.get("train_images") == len(train):
+        if route.get("complete") and all(route.get(k) == v for k, v in key.items()):
             return route["points"]
-    milestones = args.teacher_milestones or [0.5 * args.teacher_epochs, 0.75 * args.teacher_epochs]
+    milestones = milestones_of(args, args.teacher_epochs)
     cfg = base_config(run, args.teacher_epochs, args.batch, args.lr, 0, "step", milestones)
     seed_everything(0)
     net = build_net("cnn", args.teacher_width)
-    x_test, y_test = test
 
     class RouteCallback(Callback):
         name = "fmnist_route"
@@ -236,19 +279,19 @@ def train_teacher(args: argparse.Namespace, train: ArrayDataset, test: tuple[tor
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
                 save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
-            acc = float((predict(net, x_test).argmax(1).numpy() == y_test).mean())
+            acc = accuracy(net, val)
             self.points = [p for p in self.points if p["name"] != name]
             self.points.append({"name": name, "epoch": epoch + 1, "step": engine.step, "lr": engine.lr,
-                                "test_acc": acc, "file": str(path.relative_to(run)), "sha256": sha256_file(path)})
-            write_json(route_json, {"points": self.points, "complete": False, "epochs": args.teacher_epochs,
-                                    "milestones": milestones, "train_images": len(train)})
-            print(f"teacher {name}: lr {engine.lr:.4f} test acc {100 * acc:.2f}%", flush=True)
+                                "val": {"val_acc": acc}, "file": str(path.relative_to(run)),
+                                "sha256": sha256_file(path)})
+            write_json(route_json, {"points": self.points, "complete": False, "milestones": milestones, **key})
+            print(f"teacher {name}: lr {engine.lr:.4f} val acc {100 * acc:.2f}%", flush=True)
 
     callback = RouteCallback()
     start = time.time()
     Engine(make_task(net), train, cfg, run_dir=run, callbacks=[callback]).fit()
-    write_json(route_json, {"points": callback.points, "complete": True, "epochs": args.teacher_epochs,
-                            "milestones": milestones, "train_images": len(train), "seconds": time.time() - start})
+    write_json(route_json, {"points": callback.points, "complete": True, "milestones": milestones, **key,
+                            "seconds": time.time() - start})
     return callback.points
 
 
@@ -267,7 +310,7 @@ def load_point(args: argparse.Namespace, point: dict[str, Any]) -> nn.Module:
 
 
 class AnchorLogits:
-    """Logits of every training image under each anchor, computed once and kept in ``OUT/teacher/logits``."""
+    """Logits of every training image under each route point, computed once and kept in ``OUT/teacher/logits``."""
 
     def __init__(self, args: argparse.Namespace, points: list[dict[str, Any]], images: torch.Tensor) -> None:
         self.args, self.points, self.images = args, {p["name"]: p for p in points}, images
@@ -278,7 +321,7 @@ class AnchorLogits:
         if name not in self._memory:
             from facerco.utils.io import atomic_path
 
-            path = self.folder / f"{name}_{len(self.images)}.npy"
+            path = self.folder / f"{name}_{len(self.images)}_{self.points[name]['sha256'][:12]}.npy"
             if path.is_file():
                 arr = np.load(path)
             else:
@@ -298,159 +341,184 @@ class AnchorLogits:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def plan_for(args: argparse.Namespace, variant: str, points: list[dict[str, Any]], student: nn.Module,
-             probe: torch.Tensor, logits: AnchorLogits, probe_idx: np.ndarray) -> Any:
-    """The anchor plan of a variant (facerco.route.anchors), from the route and the freshly initialised student."""
-    from facerco.route.anchors import PointInfo, ProbeOutput, select_eeis, select_final, select_gss
+def point_infos(points: list[dict[str, Any]]) -> list[Any]:
+    from facerco.route.anchors import route_points
 
-    infos = [PointInfo(p["name"], float(p["epoch"]), int(p["step"]), {"test_acc": p["test_acc"]},
-                       i == len(points) - 1) for i, p in enumerate(points)]
-    if variant == "kd_final":
-        return select_final(infos)
-    if variant in ("rco_one", "rco_multi"):
-        return select_eeis(infos, num_anchors=args.anchors)
-    if variant == "rco_gss":
-        outputs = {}
-        for p in points:
-            z = logits.all(p["name"])[torch.from_numpy(probe_idx)].double().numpy()
-            outputs[p["name"]] = ProbeOutput.from_arrays(z, z)
-        s = predict(student, probe).double().numpy()
-        return select_gss(infos, outputs, ProbeOutput.from_arrays(s, s), args.gss_delta, "relative", "kl",
-                          args.temperature, args.anchors)
-    raise ValueError(f"variant {variant!r} has no anchor plan")
+    return route_points(points)
+
+
+def variant_plan(args: argparse.Namespace, variant: str, points: list[dict[str, Any]], total: int,
+                 spe: int) -> tuple[Any, Any]:
+    """(anchor plan, stage plan) of a variant through the library's single planning function."""
+    from facerco.config import Config, DistillConfig, OptimConfig
+    from facerco.train.student import build_plan
+
+    d = DistillConfig(final_share=args.final_share, gss_delta=args.gss_delta, kd_temperature=args.temperature,
+                      **DISTILL[variant])
+    cfg = Config(kind="student", distill=d, optim=OptimConfig(lr=args.lr))
+    return build_plan(cfg, point_infos(points), spe, total)
+
+
+def online_gss(args: argparse.Namespace, follower: Any, points: list[dict[str, Any]], logits: AnchorLogits,
+               student: nn.Module, train: ArrayDataset, run: Path) -> Any:
+    """The library's online-GSS callback with probe logits read from the anchor logits (no teacher runs)."""
+    from facerco.route.anchors import ProbeOutput, probe_indices
+    from facerco.route.strategies import OnlineGSSCallback
+    from facerco.utils.io import write_json
+
+    idx = torch.from_numpy(probe_indices(len(train), args.probe_images, 0))
+    outputs = {p["name"]: ProbeOutput.from_arrays(logits(p["name"], idx).double().numpy(),
+                                                  logits(p["name"], idx).double().numpy()) for p in points}
+    probe = train.images[idx]
+
+    def student_output() -> Any:
+        z = predict(student, probe).double().numpy()
+        return ProbeOutput.from_arrays(z, z)
+
+    def on_decide(records: list[dict[str, Any]]) -> None:
+        write_json(run / "plan.json", {"online_decisions": records, "resolved": follower.resolved_anchors()})
+
+    return OnlineGSSCallback(follower, [p["name"] for p in points], outputs, student_output, args.gss_delta,
+                             "relative", "kl", args.temperature, on_decide)
 
 
 def run_student(args: argparse.Namespace, variant: str, seed: int, train: ArrayDataset,
-                test: tuple[torch.Tensor, np.ndarray], points: list[dict[str, Any]], logits: AnchorLogits,
-                final_test: torch.Tensor) -> dict[str, Any]:
+                evals: dict[str, tuple[torch.Tensor, np.ndarray]], points: list[dict[str, Any]],
+                logits: AnchorLogits, final_test: torch.Tensor) -> dict[str, Any]:
     """Train one (variant, seed) student through the engine, or reuse its summary.json."""
-    from facerco.route.anchors import format_plan, probe_indices
-    from facerco.route.plan import StagedSchedule, build_stage_plan, format_stages
+    from facerco.route.anchors import format_plan
+    from facerco.route.plan import StagedSchedule, format_stages
+    from facerco.route.strategies import RouteFollower
     from facerco.train.engine import Engine, seed_everything
     from facerco.train.schedule import build_schedule
-    from facerco.utils.io import read_json, write_json
+    from facerco.utils.io import atomic_write_text, read_json, write_json
 
     run = Path(args.out) / "runs" / variant / f"seed{seed}"
     summary_path = run / "summary.json"
     if summary_path.is_file():
         return read_json(summary_path)
     run.mkdir(parents=True, exist_ok=True)
-    cfg = base_config(run, args.student_epochs, args.batch, args.lr, seed, "cosine")
+    cfg = base_config(run, args.student_epochs, args.batch, args.lr, seed, "step",
+                      milestones_of(args, args.student_epochs))
     seed_everything(seed)
     student = build_net(args.student_kind, args.student_width)
     spe = len(train) // args.batch
     total = max(1, round(args.student_epochs * spe))
-    targets, plan, anchors, schedule = None, None, [], None
+    targets, follower, schedule, callbacks = None, None, None, []
     if variant != "scratch":
-        probe_idx = probe_indices(len(train), args.probe_images, 0)
-        anchor_plan = plan_for(args, variant, points, student, train.images[torch.from_numpy(probe_idx)], logits,
-                               probe_idx)
-        kind = "multi_stage" if variant == "rco_multi" else "one_stage"
-        plan = build_stage_plan(anchor_plan.anchors, total, spe, kind, args.final_share, True)
+        anchor_plan, plan = variant_plan(args, variant, points, total, spe)
         schedule = StagedSchedule(plan, lambda n: build_schedule(cfg.schedule, spe, n, args.lr))
-        targets, anchors = logits, plan.anchors
-        (run / "plan.txt").write_text(format_plan(anchor_plan) + "\n" + format_stages(plan, spe) + "\n",
-                                      encoding="utf-8")
-    task = make_task(student, targets, plan, args.alpha, args.temperature)
+        follower, targets = RouteFollower(plan), logits
+        if variant == "rco_gss_online":
+            callbacks.append(online_gss(args, follower, points, logits, student, train, run))
+        atomic_write_text(run / "plan.txt", format_plan(anchor_plan) + "\n" + format_stages(plan, spe) + "\n")
+    task = make_task(student, targets, follower, args.alpha, args.temperature)
     start = time.time()
-    result = Engine(task, train, cfg, run_dir=run, schedule=schedule, total_steps=total).fit()
-    x_test, y_test = test
-    z = predict(student, x_test)
-    summary = {"variant": variant, "seed": seed, "anchors": anchors, "steps": result.step,
-               "test_acc": float((z.argmax(1).numpy() == y_test).mean()),
-               "congruence_final": kd_divergence(final_test, z, args.temperature),
+    result = Engine(task, train, cfg, run_dir=run, schedule=schedule, total_steps=total, callbacks=callbacks).fit()
+    z_test = predict(student, evals["test"][0])
+    summary = {"variant": variant, "seed": seed, "anchors": follower.resolved_anchors() if follower else [],
+               "steps": result.step, "val_acc": accuracy(student, evals["val"]),
+               "test_acc": float((z_test.argmax(1).numpy() == evals["test"][1]).mean()),
+               "congruence_final": kd_divergence(final_test, z_test, args.temperature),
                "seconds": time.time() - start}
     write_json(summary_path, summary)
-    print(f"{variant} seed {seed}: test acc {100 * summary['test_acc']:.2f}%  anchors {anchors}  "
-          f"{summary['seconds']:.0f} s", flush=True)
+    print(f"{variant} seed {seed}: val {100 * summary['val_acc']:.2f}%  test {100 * summary['test_acc']:.2f}%  "
+          f"anchors {summary['anchors']}  {summary['seconds']:.0f} s", flush=True)
     return summary
 
 
-def run_group(args: argparse.Namespace, variants: Sequence[str]) -> list[dict[str, Any]]:
-    """Every (variant, seed) of ``variants``, seed by seed (whole seeds first if the run is stopped early)."""
-    train, test, points = prepare(args)
-    logits = AnchorLogits(args, points, train.images)
-    final_test = predict(load_point(args, points[-1]), test[0])
-    return [run_student(args, v, s, train, test, points, logits, final_test) for s in args.seeds for v in variants]
-
-
-def prepare(args: argparse.Namespace) -> tuple[ArrayDataset, tuple[torch.Tensor, np.ndarray], list[dict[str, Any]]]:
+def prepare(args: argparse.Namespace) -> tuple[ArrayDataset, dict[str, tuple[torch.Tensor, np.ndarray]],
+                                                 list[dict[str, Any]]]:
     x, y = load_split(Path(args.data), "train", args.train_limit)
+    train, val = split_train_val(x, y, args.val_size, args.split_seed)
     test = load_split(Path(args.data), "t10k", args.test_limit)
-    train = ArrayDataset(x, y)
-    return train, test, train_teacher(args, train, test)
+    return train, {"val": val, "test": test}, train_teacher(args, train, val)
+
+
+def run_group(args: argparse.Namespace, variants: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Every (variant, seed), seed by seed (whole seeds first if the run is stopped early)."""
+    train, evals, points = prepare(args)
+    logits = AnchorLogits(args, points, train.images)
+    final_test = predict(load_point(args, points[-1]), evals["test"][0])
+    return [run_student(args, v, s, train, evals, points, logits, final_test) for s in seeds for v in variants]
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Table and plot
+# Gate, analysis, table and plot
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    vals = [float(v) for v in values if not math.isnan(float(v))]
-    if not vals:
-        return math.nan, math.nan
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+def pilot_gate(args: argparse.Namespace, runs: Sequence[dict[str, Any]], points: list[dict[str, Any]]
+               ) -> dict[str, Any]:
+    """The pre-registered gate on the pilot seed, validation accuracy only."""
+    pilot = {r["variant"]: r["val_acc"] for r in runs if r["seed"] == args.pilot_seed}
+    teacher = points[-1]["val"]["val_acc"]
+    gap = teacher - pilot.get("scratch", math.nan)
+    kd_gain = pilot.get(REFERENCE, math.nan) - pilot.get("scratch", math.nan)
+    passed = gap >= args.gate_gap / 100 and kd_gain >= args.gate_kd / 100
+    return {"seed": args.pilot_seed, "teacher_val": teacher, "scratch_val": pilot.get("scratch"),
+            "kd_final_val": pilot.get(REFERENCE), "teacher_minus_scratch": gap, "kd_minus_scratch": kd_gain,
+            "required": {"teacher_minus_scratch": args.gate_gap / 100, "kd_minus_scratch": args.gate_kd / 100},
+            "passed": bool(passed)}
 
 
-def paired_test(diffs: Sequence[float]) -> tuple[float, float]:
-    """(t, two-sided p) of the one-sample t-test of paired differences against 0; nan when it is undefined."""
-    vals = [float(d) for d in diffs if not math.isnan(float(d))]
-    if len(vals) < 2 or statistics.stdev(vals) == 0:
-        return math.nan, math.nan
-    from scipy import stats
-
-    res = stats.ttest_1samp(vals, 0.0)
-    return float(res.statistic), float(res.pvalue)
-
-
-def summarize(runs: Sequence[dict[str, Any]], variants: Sequence[str]) -> list[dict[str, Any]]:
-    ref = {r["seed"]: r["test_acc"] for r in runs if r["variant"] == REFERENCE}
+def summarize(runs: Sequence[dict[str, Any]], variants: Sequence[str], counted: Sequence[int]) -> dict[str, Any]:
+    """Rows (mean ± std per variant over the counted seeds) and the pre-registered analysis of test accuracy."""
+    mine = [r for r in runs if r["seed"] in set(counted)]
     rows = []
     for v in variants:
-        mine = [r for r in runs if r["variant"] == v]
-        row = {"variant": v, "n": len(mine), "anchors": mine[0]["anchors"] if mine else [],
-               "test_acc": mean_std([r["test_acc"] for r in mine]),
-               "congruence_final": mean_std([r["congruence_final"] for r in mine]),
-               "seconds": mean_std([r["seconds"] for r in mine])}
-        if ref and v != REFERENCE:
-            diffs = [r["test_acc"] - ref[r["seed"]] for r in mine if r["seed"] in ref]
-            row["delta_vs_kd_final"] = mean_std(diffs)
-            row["ahead"] = [int(sum(d > 0 for d in diffs)), len(diffs)]
-            row["paired_t_p"] = paired_test(diffs)
-        rows.append(row)
-    return rows
+        vr = [r for r in mine if r["variant"] == v]
+        rows.append({"variant": v, "n": len(vr), "anchors": vr[0]["anchors"] if vr else [],
+                     "test_acc": _study.mean_std([r["test_acc"] for r in vr]),
+                     "val_acc": _study.mean_std([r["val_acc"] for r in vr]),
+                     "congruence_final": _study.mean_std([r["congruence_final"] for r in vr]),
+                     "seconds": _study.mean_std([r["seconds"] for r in vr])})
+    values = {v: {r["seed"]: r["test_acc"] for r in mine if r["variant"] == v} for v in variants}
+    analysis = _study.analyse(values, REFERENCE, [v for v in PRIMARY if v in variants],
+                              [v for v in CONTROLS if v in variants], min_gain=0.002)
+    return {"rows": rows, "analysis": analysis}
+
+
+def _anchors_text(anchors: Sequence[str]) -> str:
+    short = [a.replace("epoch_0", "ep").replace("epoch_", "ep") for a in anchors]
+    if len(short) > 6:
+        short = [*short[:2], "…", *short[-2:]]
+    return " → ".join(short) or "–"
 
 
 def format_markdown(result: dict[str, Any]) -> str:
-    route = result["route"]
-    lines = [f"Fashion-MNIST ({result['train_images']} train / {result['test_images']} test) · teacher cnn "
-             f"({result['teacher_params']} params, {result['teacher_epochs']} epochs, lr ×0.1 at "
-             f"{result['teacher_milestones']}) · student {result.get('student_kind', 'mlp')} "
-             f"({result['student_params']} params, "
-             f"{result['student_epochs']} epochs) · KD T={result['temperature']}, α={result['alpha']} · "
-             f"seeds {result['seeds']}", "",
-             "Teacher route (test acc %): " + " · ".join(f"ep{p['epoch']} {100 * p['test_acc']:.1f}" for p in route),
-             "", "| student | anchors | test acc % | Δ vs kd_final (paired) | seeds ahead | T²·KL to final | s / run |",
-             "|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        anchors = " → ".join(a.replace("epoch_0", "ep").replace("epoch_", "ep") for a in r["anchors"]) or "–"
-        acc = f"{100 * r['test_acc'][0]:.2f} ± {100 * r['test_acc'][1]:.2f}"
-        d = r.get("delta_vs_kd_final")
-        delta = f"{100 * d[0]:+.2f} ± {100 * d[1]:.2f}" if d else "–"
-        ahead = f"{r['ahead'][0]}/{r['ahead'][1]}" if "ahead" in r else "–"
-        lines.append(f"| {r['variant']} | {anchors} | {acc} | {delta} | {ahead} | {r['congruence_final'][0]:.3f} | "
-                     f"{r['seconds'][0]:.0f} |")
-    lines += ["", "Verdict (beats/loses = paired t-test over seeds, two-sided p < 0.05):"]
-    for r in result["rows"]:
-        if r["variant"] in RCO_VARIANTS and "delta_vs_kd_final" in r:
-            mean, _ = r["delta_vs_kd_final"]
-            _, pval = r.get("paired_t_p", (math.nan, math.nan))
-            clear = not math.isnan(pval) and pval < 0.05
-            word = ("beats kd_final" if mean > 0 else "loses to kd_final") if clear else "no clear difference"
-            ptxt = "" if math.isnan(pval) else f", p={pval:.2f}"
-            lines.append(f"- {r['variant']}: {100 * mean:+.2f} points, {word}{ptxt} "
-                         f"(ahead on {r['ahead'][0]}/{r['ahead'][1]} seeds)")
+    route, gate, summary = result["route"], result["gate"], result["summary"]
+    comps = summary["analysis"]["comparisons"]
+    lines = [f"Fashion-MNIST ({result['train_images']} train / {result['val_images']} validation / "
+             f"{result['test_images']} test) · teacher cnn ({result['teacher_params']} params, "
+             f"{result['teacher_epochs']} epochs, lr ×0.1 at {result['teacher_milestones']}, test "
+             f"{100 * result['teacher_test_acc']:.2f} %) · student {result['student_kind']} width "
+             f"{result['student_width']} ({result['student_params']} params, {result['student_epochs']} epochs, same "
+             f"lr drops) · KD T={result['temperature']}, α={result['alpha']} · "
+             + (f"counted seeds {result['counted_seeds']}" if result["counted_seeds"]
+                else f"PILOT SEED {result['table_seeds']} ONLY (no counted seeds)"),
+             "", "Teacher route (validation acc %): "
+             + " · ".join(f"ep{p['epoch']} {100 * p['val']['val_acc']:.1f}" for p in route), "",
+             f"Pilot gate (seed {gate['seed']}, validation): teacher − scratch "
+             f"{100 * gate['teacher_minus_scratch']:+.2f} "
+             f"(need ≥ {100 * gate['required']['teacher_minus_scratch']:.1f})"
+             f", kd_final − scratch {100 * gate['kd_minus_scratch']:+.2f} (need ≥ "
+             f"{100 * gate['required']['kd_minus_scratch']:.1f}): **{'passed' if gate['passed'] else 'FAILED'}**", "",
+             "| student | role | anchors | test acc % | Δ vs kd_final (95 % CI) | seeds ahead | val acc % | "
+             "T²·KL to final | s / run |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        v = r["variant"]
+        role = ("reference" if v == REFERENCE else "control" if v in CONTROLS else "primary" if v in PRIMARY
+                else "baseline")
+        c = comps.get(v)
+        delta = (f"{100 * c['mean']:+.2f} ({100 * c['ci95'][0]:+.2f} … {100 * c['ci95'][1]:+.2f})"
+                 if c and not math.isnan(c["mean"]) else "–")
+        ahead = f"{c['wins']}/{c['n']}" if c else "–"
+        lines.append(f"| {v} | {role} | {_anchors_text(r['anchors'])} | {100 * r['test_acc'][0]:.2f} ± "
+                     f"{100 * r['test_acc'][1]:.2f} | {delta} | {ahead} | {100 * r['val_acc'][0]:.2f} | "
+                     f"{r['congruence_final'][0]:.3f} | {r['seconds'][0]:.0f} |")
+    lines += ["", "Verdicts by the pre-registered rule (primary family, Holm-adjusted one-sided paired t-test):"]
+    lines += _study.verdict_lines(summary["analysis"])
     return "\n".join(lines) + "\n"
 
 
@@ -462,30 +530,28 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 
     from facerco.utils.io import atomic_path
 
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(13, 4))
     route = result["route"]
-    ax0.plot([p["epoch"] for p in route], [100 * p["test_acc"] for p in route], marker="o", label="teacher route")
-    scratch = next((r for r in result["rows"] if r["variant"] == "scratch"), None)
-    if scratch is not None:
-        ax0.axhline(100 * scratch["test_acc"][0], ls="--", color="0.5", label="student alone (scratch)")
+    ax0.plot([p["epoch"] for p in route], [100 * p["val"]["val_acc"] for p in route], marker="o",
+             label="teacher route (validation)")
+    rows = {r["variant"]: r for r in result["summary"]["rows"]}
+    if "scratch" in rows:
+        ax0.axhline(100 * rows["scratch"]["val_acc"][0], ls="--", color="0.5", label="student alone (validation)")
     ax0.set_xlabel("teacher epoch")
-    ax0.set_ylabel("test accuracy %")
-    ax0.set_title("teacher route", fontsize=9)
+    ax0.set_ylabel("accuracy %")
     ax0.legend(fontsize=7)
-    rows = result["rows"]
-    x = np.arange(len(rows))
-    means = [100 * r["test_acc"][0] for r in rows]
-    stds = [100 * r["test_acc"][1] for r in rows]
-    colors = ["0.6" if r["variant"] == "scratch" else ("C0" if r["variant"] in RCO_VARIANTS else "C1") for r in rows]
-    ax1.bar(x, means, yerr=stds, color=colors, capsize=3, alpha=0.8)
-    for i, r in enumerate(rows):
-        vals = [100 * run["test_acc"] for run in result["runs"] if run["variant"] == r["variant"]]
-        ax1.scatter([i] * len(vals), vals, color="k", s=8, zorder=3)
-    finite = [m for m in means if not math.isnan(m)]
-    if finite:
-        ax1.set_ylim(min(finite) - 1.5, max(finite) + 1.0)
-    ax1.set_xticks(x, [r["variant"] for r in rows], rotation=30, ha="right", fontsize=8)
-    ax1.set_title(f"students ({result['student_epochs']} epochs, seeds {result['seeds']})", fontsize=9)
+    ref = {r["seed"]: r["test_acc"] for r in result["runs"] if r["variant"] == REFERENCE}
+    names = [v for v in result["variants"] if v not in ("scratch", REFERENCE)]
+    for i, v in enumerate(names):
+        diffs = [100 * (r["test_acc"] - ref[r["seed"]]) for r in result["runs"]
+                 if r["variant"] == v and r["seed"] in ref and r["seed"] in set(result["counted_seeds"])]
+        ax1.scatter([i] * len(diffs), diffs, s=10, color="C0" if v in PRIMARY else "C1")
+        if diffs:
+            ax1.errorbar([i], [np.mean(diffs)], yerr=[np.std(diffs, ddof=1) if len(diffs) > 1 else 0], fmt="_",
+                         color="k", capsize=4)
+    ax1.axhline(0, color="0.5", lw=0.8)
+    ax1.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax1.set_ylabel("test acc − kd_final (points, paired by seed)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -501,40 +567,57 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(FMNIST), help="folder with the four *-ubyte.gz files")
-    parser.add_argument("--train-limit", type=int, default=0, help="use the first N training images (0 = all)")
+    parser.add_argument("--train-limit", type=int, default=0, help="use the first N training-file images (0 = all)")
     parser.add_argument("--test-limit", type=int, default=0, help="use the first N test images (0 = all)")
+    parser.add_argument("--val-size", type=int, default=5000, help="validation images split off the training file")
+    parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--teacher-epochs", type=int, default=16)
     parser.add_argument("--teacher-milestones", type=float, nargs="*", default=None,
                         help="epochs where the teacher lr drops x0.1 (default: 50%% and 75%% of the epochs)")
     parser.add_argument("--teacher-width", type=int, default=32)
-    parser.add_argument("--student-epochs", type=float, default=10.0)
-    parser.add_argument("--student-kind", choices=["mlp", "cnn"], default="mlp",
-                        help="mlp: 784-W-10; cnn: the teacher's three strided convs at width W (W=12: 21k params)")
-    parser.add_argument("--student-width", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--student-epochs", type=float, default=16.0)
+    parser.add_argument("--student-kind", choices=["mlp", "cnn"], default="cnn",
+                        help="cnn: the teacher's three strided convs at width W; mlp: 784-W-10")
+    parser.add_argument("--student-width", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.9)
-    parser.add_argument("--anchors", type=int, default=4, help="EEIS anchors / GSS cap (final included)")
-    parser.add_argument("--final-share", type=float, default=0.5, help="share of the budget for the final teacher")
-    parser.add_argument("--gss-delta", type=float, default=0.5, help="GSS threshold relative to KL(init, final)")
+    parser.add_argument("--final-share", type=float, default=0.25, help="share of the budget for the final teacher")
+    parser.add_argument("--gss-delta", type=float, default=0.5, help="GSS threshold relative to KL(student, final)")
     parser.add_argument("--probe-images", type=int, default=512)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(11)),
+                        help="student seeds; the --pilot-seed among them is the gate's and is not counted")
+    parser.add_argument("--pilot-seed", type=int, default=0)
+    parser.add_argument("--gate-gap", type=float, default=4.0, help="points: teacher − scratch needed (validation)")
+    parser.add_argument("--gate-kd", type=float, default=0.5, help="points: kd_final − scratch needed (validation)")
+    parser.add_argument("--ignore-gate", action="store_true", help="run the counted seeds even if the gate fails")
     parser.add_argument("--jobs", type=int, default=1, help="student processes (variants split between them)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--out", default="bench_out/rco_fmnist")
     parser.add_argument("--worker-variants", nargs="+", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-seeds", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if REFERENCE not in args.variants:
-        parser.error(f"--variants must include {REFERENCE}")
+    for needed in ("scratch", REFERENCE):
+        if needed not in args.variants:
+            parser.error(f"--variants must include {needed} (the gate and the reference need it)")
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be >= 1")
     return args
 
 
+def _train_seeds(args: argparse.Namespace, argv: Sequence[str], seeds: Sequence[int]) -> None:
+    groups = _study.split_groups(args.variants, args.jobs)
+    if len(groups) > 1:
+        _study.run_workers(Path(__file__).resolve(), [*argv, "--worker-seeds", *map(str, seeds)], groups,
+                           Path(args.out), args.threads)
+    else:
+        run_group(args, args.variants, seeds)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from facerco.utils.io import write_json
+    from facerco.utils.io import read_json, write_json
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -542,39 +625,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.worker_variants:
-        run_group(args, args.worker_variants)
+        run_group(args, args.worker_variants, args.worker_seeds or args.seeds)
         return 0
     start = time.time()
-    train, test, points = prepare(args)  # the teacher is trained here, once, before any student
-    groups = [g for g in (list(args.variants[k::args.jobs]) for k in range(args.jobs)) if g]
-    if len(groups) > 1:
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-        procs = []
-        for k, group in enumerate(groups):
-            log = open(out / f"worker{k}.log", "a", encoding="utf-8")  # noqa: SIM115 (closed below)
-            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker-variants", *group]
-            procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-        codes = [proc.wait() for proc, _ in procs]
-        for _, log in procs:
-            log.close()
-        if any(codes):
-            raise RuntimeError(f"rco_fmnist: a worker failed (exit codes {codes}); see {out}/worker<k>.log")
-    runs = run_group(args, args.variants)  # reuses every finished summary.json
-    teacher = build_net("cnn", args.teacher_width)
+    train, evals, points = prepare(args)  # the teacher is trained here, once, before any student
+    pilot = [s for s in args.seeds if s == args.pilot_seed]
+    counted = [s for s in args.seeds if s != args.pilot_seed]
+    _train_seeds(args, argv, pilot)
+    runs = run_group(args, args.variants, pilot)
+    gate = pilot_gate(args, runs, points)
+    print(f"pilot gate: teacher − scratch {100 * gate['teacher_minus_scratch']:+.2f}, kd_final − scratch "
+          f"{100 * gate['kd_minus_scratch']:+.2f} points (validation): {'passed' if gate['passed'] else 'FAILED'}",
+          flush=True)
+    go = bool(counted) and (gate["passed"] or args.ignore_gate)
+    if go:
+        _train_seeds(args, argv, counted)
+        runs = run_group(args, args.variants, [*pilot, *counted])
+    counted_done = [s for s in counted if any(r["seed"] == s for r in runs)] if go else []
+    teacher = load_point(args, points[-1])
     student = build_net(args.student_kind, args.student_width)
-    from facerco.utils.io import read_json
-
     route_info = read_json(out / "teacher" / "route.json")
     result = {
-        "benchmark": "rco_fmnist", "seeds": list(args.seeds), "variants": list(args.variants),
-        "train_images": len(train), "test_images": len(test[1]),
+        "benchmark": "rco_fmnist", "seeds": list(args.seeds), "pilot_seed": args.pilot_seed,
+        "counted_seeds": counted_done, "variants": list(args.variants), "gate": gate,
+        "train_images": len(train), "val_images": len(evals["val"][1]), "test_images": len(evals["test"][1]),
         "teacher_params": sum(p.numel() for p in teacher.parameters()), "teacher_epochs": args.teacher_epochs,
         "teacher_milestones": route_info.get("milestones"), "teacher_seconds": route_info.get("seconds"),
+        "teacher_test_acc": accuracy(teacher, evals["test"]),
         "student_kind": args.student_kind, "student_width": args.student_width,
         "student_params": sum(p.numel() for p in student.parameters()), "student_epochs": args.student_epochs,
         "temperature": args.temperature, "alpha": args.alpha, "final_share": args.final_share,
-        "gss_delta": args.gss_delta, "anchors": args.anchors, "batch": args.batch, "lr": args.lr,
-        "route": points, "rows": summarize(runs, args.variants), "runs": runs,
+        "gss_delta": args.gss_delta, "batch": args.batch, "lr": args.lr,
+        "route": points, "summary": summarize(runs, args.variants, counted_done or pilot), "runs": runs,
+        "table_seeds": counted_done or pilot,
         "seconds_total": time.time() - start,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "jobs": args.jobs, "threads_per_job": args.threads},

@@ -56,41 +56,66 @@ def test_read_idx_known_answer_and_bad_files(tmp_path: Path) -> None:
         rco_fmnist.read_idx(tmp_path / "short")
 
 
-def test_fmnist_summary_paired_deltas() -> None:
-    def run(variant: str, seed: int, acc: float) -> dict:
-        return {"variant": variant, "seed": seed, "test_acc": acc, "congruence_final": 0.4, "seconds": 1.0,
-                "anchors": []}
+def test_study_analysis_known_answer() -> None:
+    import _study
 
-    runs = [run("kd_final", 0, 0.90), run("kd_final", 1, 0.80), run("rco_one", 0, 0.91), run("rco_one", 1, 0.79)]
-    rows = {r["variant"]: r for r in rco_fmnist.summarize(runs, ["kd_final", "rco_one"])}
-    mean, std = rows["rco_one"]["delta_vs_kd_final"]
-    assert mean == pytest.approx(0.0) and std == pytest.approx(math.sqrt(2) * 0.01)  # deltas +0.01 and -0.01
-    assert rows["rco_one"]["ahead"] == [1, 2]
-    assert rows["kd_final"]["test_acc"] == pytest.approx((0.85, math.sqrt(0.005)))
+    # deltas +1, +2, +3 points over three seeds: mean 2, sd 1, t = 2 / (1 / sqrt 3) = 3.464, 2 d.f.
+    values = {"kd_final": {1: 0.80, 2: 0.80, 3: 0.80}, "phase": {1: 0.81, 2: 0.82, 3: 0.83},
+              "lockstep": {1: 0.79, 2: 0.80, 3: 0.81}, "early": {1: 0.80, 2: 0.80, 3: 0.80}}
+    a = _study.analyse(values, "kd_final", ["phase", "lockstep"], ["early"], min_gain=0.002)
+    c = a["comparisons"]["phase"]
+    assert c["mean"] == pytest.approx(0.02) and c["wins"] == 3 and c["n"] == 3
+    t = 0.02 / (0.01 / math.sqrt(3))
+    assert c["p_t"] == pytest.approx(0.5 * (1 - t / math.sqrt(2 + t * t)), rel=1e-4)  # one-sided, 2 d.f.
+    half = 4.302653 * 0.01 / math.sqrt(3)  # t(0.975, 2) = 4.3027
+    assert c["ci95"] == pytest.approx([0.02 - half, 0.02 + half], rel=1e-4)
+    # Holm over the family {phase, lockstep}: the smaller p is doubled, the larger kept (monotone)
+    pl = a["comparisons"]["lockstep"]["p_t"]
+    assert c["p_holm"] == pytest.approx(min(1.0, 2 * c["p_t"]))
+    assert a["comparisons"]["lockstep"]["p_holm"] == pytest.approx(max(2 * c["p_t"], pl))
+    assert a["verdicts"]["phase"]["checks"]["gain>=min"] and a["verdicts"]["phase"]["checks"]["ahead_of_controls"]
+    assert not a["verdicts"]["lockstep"]["success"]
+    assert _study.holm({"a": 0.01, "b": 0.04, "c": float("nan")}) == pytest.approx(
+        {"a": 0.02, "b": 0.04, "c": float("nan")}, nan_ok=True)
 
 
+@pytest.mark.slow
 def test_rco_fmnist_tiny_run(tmp_path: Path) -> None:
     data = tmp_path / "fm"
     data.mkdir()
-    _fake_fmnist(data, 320, 100)
+    _fake_fmnist(data, 420, 100)
     out = tmp_path / "out"
-    assert rco_fmnist.main(["--data", str(data), "--teacher-epochs", "3", "--student-epochs", "1", "--batch", "32",
-                            "--seeds", "0", "--probe-images", "64", "--out", str(out)]) == 0
+    argv = ["--data", str(data), "--val-size", "100", "--teacher-epochs", "4", "--student-epochs", "4",
+            "--batch", "32", "--seeds", "0", "1", "--probe-images", "64", "--student-width", "8",
+            "--gate-gap", "-100", "--gate-kd", "-100", "--out", str(out)]
+    assert rco_fmnist.main(argv) == 0
     result = json.loads((out / "rco_fmnist.json").read_text())
-    assert [r["variant"] for r in result["rows"]] == list(rco_fmnist.VARIANTS)
-    assert [p["name"] for p in result["route"]] == ["epoch_001", "epoch_002", "epoch_003"]
-    by = {r["variant"]: r for r in result["runs"]}
-    assert by["kd_final"]["anchors"] == ["epoch_003"]
-    assert by["rco_one"]["anchors"][-1] == "epoch_003" and len(by["rco_one"]["anchors"]) == 3
-    assert by["scratch"]["anchors"] == []
-    assert all(0.0 <= r["test_acc"] <= 1.0 and r["steps"] == 10 for r in result["runs"])
-    assert result["route"][-1]["test_acc"] > 0.5  # the blocks are easy: the teacher must have learned something
-    assert "Verdict" in (out / "rco_fmnist.md").read_text() and (out / "rco_fmnist.png").stat().st_size > 0
+    assert result["train_images"] == 320 and result["val_images"] == 100 and result["counted_seeds"] == [1]
+    assert [r["variant"] for r in result["summary"]["rows"]] == list(rco_fmnist.VARIANTS)
+    assert [p["name"] for p in result["route"]] == ["epoch_001", "epoch_002", "epoch_003", "epoch_004"]
+    assert [round(p["lr"], 6) for p in result["route"]] == [0.1, 0.1, 0.01, 0.001]  # drops after epochs 2 and 3
+    by = {r["variant"]: r for r in result["runs"] if r["seed"] == 1}
+    assert by["kd_final"]["anchors"] == ["epoch_004"] and by["scratch"]["anchors"] == []
+    assert by["phase"]["anchors"] == ["epoch_002", "epoch_003", "epoch_004"]
+    assert by["lockstep"]["anchors"] == ["epoch_001", "epoch_002", "epoch_003", "epoch_004"]
+    assert by["reverse"]["anchors"] == ["epoch_004", "epoch_003", "epoch_002", "epoch_001"]
+    assert by["ensemble"]["anchors"] == ["ensemble(epoch_002+epoch_003+epoch_004)"]
+    assert len(by["early"]["anchors"]) == 1 and by["early"]["anchors"][0] in ("epoch_001", "epoch_002", "epoch_003")
+    assert "?" not in by["rco_gss_online"]["anchors"] and by["rco_gss_online"]["anchors"][-1] == "epoch_004"
+    assert all(0.0 <= r["test_acc"] <= 1.0 and r["steps"] == 40 for r in result["runs"])
+    assert result["gate"]["passed"] and result["teacher_test_acc"] > 0.5  # the blocks are easy
+    md = (out / "rco_fmnist.md").read_text()
+    assert "Pilot gate" in md and "Verdicts" in md and (out / "rco_fmnist.png").stat().st_size > 0
     # a rerun reuses the finished teacher and students (no training: same numbers)
-    assert rco_fmnist.main(["--data", str(data), "--teacher-epochs", "3", "--student-epochs", "1", "--batch", "32",
-                            "--seeds", "0", "--probe-images", "64", "--out", str(out)]) == 0
+    assert rco_fmnist.main(argv) == 0
     again = json.loads((out / "rco_fmnist.json").read_text())
     assert [r["test_acc"] for r in again["runs"]] == [r["test_acc"] for r in result["runs"]]
+    # a failed gate stops before the counted seeds and says so
+    gated = list(argv)
+    gated[gated.index("--gate-gap") + 1], gated[-1] = "100", str(tmp_path / "gated")
+    assert rco_fmnist.main(gated) == 0
+    g = json.loads((tmp_path / "gated" / "rco_fmnist.json").read_text())
+    assert not g["gate"]["passed"] and g["counted_seeds"] == [] and {r["seed"] for r in g["runs"]} == {0}
 
 
 # ---------------------------------------------------------------------------------------------------------------
