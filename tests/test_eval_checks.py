@@ -54,6 +54,27 @@ def _megaface(probes: Path | str, dist: Path | str, out: Path, *extra: str) -> i
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the check itself
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_normalize_rows_same_bits_in_any_chunk_and_unit_rows_kept():
+    from facerco.eval.checks import check_rows, normalize_rows
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(300, 64)) * rng.uniform(0.5, 2, (300, 1))).astype(np.float32)
+    whole = normalize_rows(x, check_rows(x, "x"))
+    parts = np.concatenate([normalize_rows(x[s : s + 7], check_rows(x[s : s + 7], "x")) for s in range(0, 300, 7)])
+    assert np.array_equal(whole, parts)  # the identification stage reads rows in many different chunks
+    np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1, rtol=1e-6)
+    assert normalize_rows(whole, check_rows(whole, "u")) is whole
+    extreme = np.array([[1e30] * 4, [1e-30] * 4], np.float32)  # float32 sums overflow / underflow, rows are fine
+    np.testing.assert_allclose(check_rows(extreme, "e"), [2e30, 2e-30], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"e: row 1 \(b\) is not finite \(1 of 4 values; first -inf at column 2\)"):
+        check_rows(np.array([[1, 0, 0, 0], [0, 1, -np.inf, 0]], np.float32), "e", keys=["a", "b"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # library: evaluate_identification / evaluate_verification
 # ---------------------------------------------------------------------------------------------------------------
 

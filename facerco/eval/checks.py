@@ -9,9 +9,9 @@ row, and the evaluator normalizes rows through :func:`normalize_rows`, recording
 (:class:`NormStats`).
 
 Rows already unit length within ``UNIT_TOL`` are kept bit for bit (features from facerco's extractor, float16 copies
-of them); the others are divided by their norm. Norms are float64 sums by the fixed tree of
-:mod:`facerco.eval._exact`, so a row normalizes to the same float32 values in whichever chunk it is read (the exact
-identification stage relies on that). numpy only.
+of them); the others are divided by their norm. The check uses a fast einsum; the rows that change and their new
+values come from float64 sums by the fixed tree of :mod:`facerco.eval._exact`, so a row normalizes to the same
+float32 values in whichever chunk it is read (the exact identification stage relies on that). numpy only.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import numpy as np
 
 from facerco.eval._exact import tree_dots
 
-__all__ = ["UNIT_TOL", "NormStats", "row_norms", "check_rows", "normalize_rows", "check_features", "checked"]
+__all__ = ["UNIT_TOL", "NormStats", "row_norms", "exact_norms", "check_rows", "normalize_rows", "check_features",
+           "checked"]
 
 UNIT_TOL = 1e-3  # |norm - 1| up to this counts as unit length (float16-rounded unit rows stay well inside)
 
@@ -55,14 +56,33 @@ def _off_unit(norms: np.ndarray) -> np.ndarray:
     return np.abs(norms - 1.0) > UNIT_TOL
 
 
-def row_norms(rows: np.ndarray) -> np.ndarray:
-    """(n,) float64 L2 norms of (n, D) rows, bit-identical for a given row whatever the batch it sits in."""
-    if rows.ndim != 2:
-        raise ValueError(f"features must be 2-D (N, D), got shape {rows.shape}")
+def _sum_squares(rows: np.ndarray) -> np.ndarray:
+    """Fast float64 squared norms (a float32 or float64 einsum); overflow/underflow is settled by the caller."""
+    dt = np.float64 if rows.dtype == np.float64 else np.float32
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        return np.einsum("ij,ij->i", rows, rows, dtype=dt).astype(np.float64)
+
+
+def exact_norms(rows: np.ndarray) -> np.ndarray:
+    """(n,) float64 L2 norms by the fixed tree: bit-identical for a given row whatever the batch it sits in."""
     if len(rows) == 0:
         return np.zeros(0, np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         return np.sqrt(tree_dots(rows, None, rows, None))
+
+
+def row_norms(rows: np.ndarray) -> np.ndarray:
+    """(n,) float64 L2 norms of (n, D) rows: a fast einsum, with rows whose float32 sum overflowed or underflowed
+    (non-finite or zero) recomputed exactly, so only truly non-finite or all-zero rows come out inf/NaN or 0."""
+    if rows.ndim != 2:
+        raise ValueError(f"features must be 2-D (N, D), got shape {rows.shape}")
+    sq = _sum_squares(rows)
+    suspect = ~np.isfinite(sq) | (sq == 0)
+    if suspect.any():
+        sub = np.asarray(rows[suspect])
+        with np.errstate(over="ignore", invalid="ignore"):
+            sq[suspect] = tree_dots(sub, None, sub, None)
+    return np.sqrt(sq)
 
 
 def _row_error(rows: np.ndarray, i: int, source: str, index: int | np.ndarray, keys: Sequence[str] | None,
@@ -98,14 +118,21 @@ def check_rows(rows: np.ndarray, source: str, index: int | np.ndarray = 0, keys:
 
 
 def normalize_rows(rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
-    """float32 rows divided by ``norms`` (from :func:`check_rows`); rows already unit within ``UNIT_TOL`` are kept
-    as given, so facerco's own features pass through unchanged. Returns ``rows`` itself when nothing changes."""
-    off = _off_unit(norms)
+    """float32 rows L2-normalized; rows already unit within ``UNIT_TOL`` are kept as given (facerco's own features
+    pass through unchanged). Returns ``rows`` itself when nothing changes.
+
+    ``norms`` (fast, from :func:`check_rows`) only pick the candidates; which rows change and their new values
+    come from :func:`exact_norms`, so a row normalizes to the same bits in every chunk it is read in.
+    """
+    margin = 4 * rows.shape[1] * 2.0**-24  # bound on |fast - exact| norm near 1 (float32 sum of D squares)
+    near = np.flatnonzero(np.abs(norms - 1.0) > UNIT_TOL - margin)
+    exact = exact_norms(np.asarray(rows[near])) if len(near) else np.zeros(0)
+    off = np.abs(exact - 1.0) > UNIT_TOL
     if not off.any() and rows.dtype == np.float32:
         return rows
     out = np.array(rows, dtype=np.float32, order="C")
-    if off.any():
-        out[off] = (np.asarray(rows[off], np.float64) / norms[off, None]).astype(np.float32)
+    idx = near[off]
+    out[idx] = (np.asarray(rows[idx], np.float64) / exact[off, None]).astype(np.float32)
     return out
 
 
