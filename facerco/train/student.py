@@ -47,6 +47,7 @@ from facerco.route.strategies import (
     ensemble_logits,
     ensemble_members,
     plan_route_strategy,
+    required_points,
 )
 from facerco.train.engine import Callback, Engine
 from facerco.train.task import TrainTask
@@ -644,7 +645,7 @@ def run_distill(cfg: Config, *, dataset: Any = None, head: nn.Module | None = No
     load = route_loader(route, device)
     if d.cache:
         cache = AnchorCache(d.cache, verify=d.cache_verify)
-        cache.check_dataset(dataset)
+        cache.check_dataset(dataset, route=route, anchors=required_points(stage_plan, points))
         source: Any = CachedAnchors(cache, (lambda name: load(name)[1]) if d.kd_weight > 0 else None, device)
         teacher_dim = cache.embedding_size(final)
     else:
