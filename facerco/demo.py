@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from facerco.configs import config_path
 from facerco.utils.io import atomic_write_text, read_json, write_json
 
 __all__ = ["DemoScale", "SCALES", "run_demo"]
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "demo"
 STUDENT_VARIANTS = ("scratch", "mimic_final", "rco_eeis_one")
 
 
@@ -146,7 +146,7 @@ def train_teacher_stage(dataset: Path, val_bin: Path, run: Path, scale: DemoScal
     from facerco.train.teacher import train_teacher
 
     done = _stage("teacher with route")
-    cfg = load_config(CONFIG_DIR / "teacher.yaml", [
+    cfg = load_config(config_path("demo", "teacher.yaml"), [
         f"data.train={dataset}", f"data.val_bins=[{val_bin}]", f"train.output={run}", f"train.seed={seed}",
         f"train.epochs={scale.teacher_epochs}", f"schedule.milestones={list(scale.milestones)}",
     ])
@@ -170,7 +170,7 @@ def train_students(dataset: Path, val_bin: Path, teacher: Path, out: Path, scale
     from facerco.train.compare import builtin_variants, run_compare
 
     done = _stage("students: scratch, mimic final teacher, RCO one-stage EEIS")
-    variants = builtin_variants(CONFIG_DIR / "student.yaml", [
+    variants = builtin_variants(config_path("demo", "student.yaml"), [
         f"data.train={dataset}", f"data.val_bins=[{val_bin}]", f"distill.teacher_run={teacher}",
         f"train.epochs={scale.student_epochs}",
     ], names=STUDENT_VARIANTS)
