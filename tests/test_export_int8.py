@@ -161,6 +161,7 @@ def test_card_numbers_match_a_recomputation(world: types.SimpleNamespace, int8_e
     assert card["input"]["shape"] == ["batch", 3, SIZE, SIZE] and card["output"]["shape"] == ["batch", EMB]
     q = card["quantization"]
     assert q["calibration_images"] == 64 and q["method"] == "minmax" and q["per_channel"] and q["preprocessed"]
+    assert q["compact_names"] and all(n.name.startswith("n") for n in onnx.load(path).graph.node)
     assert q["size_vs_float32"] == pytest.approx(path.stat().st_size / card["export"]["float32_file_bytes"])
     # parity: the same generated check images through both models
     images, _ = fx.load_check_images(fx.GENERATED, (SIZE, SIZE), limit=8)

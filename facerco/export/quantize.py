@@ -9,7 +9,9 @@ Recipe (measured choices; numbers in benchmarks/README.md, ``export.py --int8``)
 - activation ranges from ``DEFAULT_CALIBRATION_COUNT`` aligned images of the deployment domain, fed in batches of
   ``DEFAULT_CALIBRATION_BATCH``, with MinMax calibration by default (Entropy and Percentile are offered);
 - the float graph is first run through onnxruntime's ``quant_pre_process`` (shape inference + graph optimisation),
-  which onnxruntime asks for before static quantization.
+  which onnxruntime asks for before static quantization;
+- internal tensor and node names are shortened afterwards (the quantizer's long generated names were a fifth of a
+  small student's int8 file), and the exporter's per-node debug metadata is dropped as in the float export.
 
 The result keeps the facerco ONNX contract (FORMATS.md §7): input ``data`` (N, 3, H, W) with a symbolic batch
 axis, output ``embedding``; the same checks as the float export run on it before it is written, atomically (a
@@ -79,6 +81,7 @@ class Int8Info:
     calibration_batch: int
     per_channel: bool
     preprocessed: bool
+    compact_names: bool
     activation_type: str
     weight_type: str
     quant_format: str
@@ -200,6 +203,32 @@ def _run_quantizer(src: Path, dst: Path, calib: CalibrationSet, method: str, bat
         root.setLevel(level)
 
 
+def _compact_names(model: onnx.ModelProto) -> bool:
+    """Rename internal tensors ``t<i>`` and nodes ``n<i>`` (graph input/output names stay): the quantizer's names
+    (``<weight>_quantized_scale``, ``<tensor>_DequantizeLinear_Output``...) are 20-25% of a small int8 student's file.
+    Graphs with subgraphs (If/Loop) are left as they are; returns whether names were compacted."""
+    graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return False
+    keep = {v.name for v in (*graph.input, *graph.output)}
+    mapping: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return mapping.setdefault(name, f"t{len(mapping)}")
+
+    for tensor in graph.initializer:
+        tensor.name = rename(tensor.name)
+    for i, node in enumerate(graph.node):
+        node.name = f"n{i}"
+        node.input[:] = [rename(x) for x in node.input]
+        node.output[:] = [rename(x) for x in node.output]
+    for value in graph.value_info:
+        value.name = rename(value.name)
+    return True
+
+
 def quantize_int8(
     float_onnx: str | Path,
     out: str | Path,
@@ -209,6 +238,7 @@ def quantize_int8(
     batch: int = DEFAULT_CALIBRATION_BATCH,
     per_channel: bool = True,
     preprocess: bool = True,
+    compact_names: bool = True,
     metadata: dict[str, Any] | None = None,
 ) -> Int8Info:
     """Quantize a facerco float32 ONNX file to int8 (QDQ) and write it to ``out`` atomically.
@@ -221,6 +251,7 @@ def quantize_int8(
         batch: calibration images per onnxruntime run.
         per_channel: one weight scale per output channel (default) instead of one per tensor.
         preprocess: run ``quant_pre_process`` first (shape inference and graph optimisation).
+        compact_names: short internal tensor and node names (see :func:`_compact_names`).
         metadata: extra ``facerco.*`` metadata_props.
 
     Returns:
@@ -247,6 +278,7 @@ def quantize_int8(
             quant_pre_process(str(src_path), str(quant_input))
         _run_quantizer(quant_input, Path(work) / "int8.onnx", calibration, method, batch, per_channel)
         proto = onnx.load(str(Path(work) / "int8.onnx"))
+        compacted = _compact_names(proto) if compact_names else False
         fx._rename_insightface_decoys(proto)
         fx._strip_node_metadata(proto)
         props.update({
@@ -263,7 +295,8 @@ def quantize_int8(
         path=str(out), source_onnx_sha256=sha256_file(src_path), method=method,
         calibration_source=calibration.source, calibration_images=len(calibration.images),
         calibration_skipped=calibration.skipped, calibration_batch=batch, per_channel=per_channel,
-        preprocessed=preprocess, activation_type="uint8", weight_type="int8", quant_format="QDQ",
+        preprocessed=preprocess, compact_names=compacted, activation_type="uint8", weight_type="int8",
+        quant_format="QDQ",
         num_nodes=len(proto.graph.node), file_bytes=out.stat().st_size, sha256=sha256_file(out),
         seconds=time.perf_counter() - start,
     )
