@@ -10,7 +10,7 @@ else
 PYTEST_ARGS ?= -n 2 -m "not slow"
 endif
 
-.PHONY: install install-dev demo test lint
+.PHONY: install install-dev demo test lint wheel-demo
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,3 +33,8 @@ test: install-dev
 
 lint: install-dev
 	$(BIN)/ruff check .
+
+# What `pip install facerco` (not editable) gives: a wheel in a fresh venv runs `facerco demo --quick` outside the
+# source tree (CI runs it after the tests).
+wheel-demo: install-dev
+	VENV=$(VENV) bash .ci/wheel_demo
