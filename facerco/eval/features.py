@@ -116,7 +116,19 @@ def _onnx_embedder(path: Path, device: torch.device) -> Embedder:
     def run(x: torch.Tensor) -> np.ndarray:
         return np.asarray(sess.run(None, {inp.name: x.cpu().numpy().astype(np.float32)})[0], np.float32)
 
-    return Embedder(run, size, 127.5, 127.5, torch.device("cpu"), path.name)
+    return Embedder(run, size, 127.5, 127.5, torch.device("cpu"), f"onnx ({_path_tail(path)})")
+
+
+def _path_tail(path: Path) -> str:
+    """The last three parts of a model's path: a run's route point and a student's file, both often named only
+    ``epoch_NNN``/``student``, read as ``teacher/route/epoch_006`` and ``mimic_final/seed0/student``."""
+    return "/".join(path.with_suffix("").parts[-3:])
+
+
+def _checkpoint_label(path: Path, metadata: dict[str, Any]) -> str:
+    """What progress bars and errors call a checkpoint: its role and architecture, then where it lives."""
+    role = metadata.get("kind") or metadata.get("job") or "model"
+    return f"{role} {metadata.get('arch') or 'model'} ({_path_tail(path)})"
 
 
 def load_embedder(model: nn.Module | str | os.PathLike[str] | Embedder, device: str = "auto",
@@ -149,7 +161,7 @@ def load_embedder(model: nn.Module | str | os.PathLike[str] | Embedder, device: 
     from facerco.models.checkpoint import load_model
 
     loaded = load_model(path, device=dev, arch=arch)
-    return _module_embedder(loaded.model, dev, path.stem)
+    return _module_embedder(loaded.model, dev, _checkpoint_label(path, loaded.metadata))
 
 
 @contextlib.contextmanager
