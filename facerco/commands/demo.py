@@ -20,10 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the whole chain on generated faces (align, pack, teacher+route, RCO student, eval, ONNX)",
         description="Generated in-the-wild faces -> align -> pack -> teacher with route -> students (scratch, "
         "mimic-final, RCO one-stage EEIS) -> verification + 1:N identification -> ONNX export. "
-        "A rerun resumes where the last one stopped.",
+        "A rerun resumes where the last one stopped. The same seed, machine, torch build and thread count print the "
+        "same table; another CPU or thread count changes the numbers (the full demo's by up to ~1.5 points).",
     )
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    parser.add_argument("--quick", action="store_true", help="smoke size for CI (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke size for CI: about 1 minute on 2 idle CPU cores (56 s measured), several "
+                        "minutes when the cores are shared")
     parser.add_argument("--seed", type=int, default=0, help="seed of data generation and training")
     add_debug_arg(parser)
     parser.set_defaults(func=_demo)
