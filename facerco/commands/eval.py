@@ -1,4 +1,5 @@
-"""`facerco eval verify|megaface`: verification accuracy and MegaFace-style 1:N identification, as reports.
+"""`facerco eval verify|megaface|ijb`: verification accuracy, MegaFace-style 1:N identification and IJB-B/C template
+evaluation, as reports.
 
 Thin CLI over :mod:`facerco.eval`; heavy imports happen inside the handlers so ``facerco --help`` stays fast.
 """
@@ -209,6 +210,77 @@ def _megaface(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# ijb
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _print_meta(meta: Any) -> None:
+    pairs = meta.pairs
+    print(f"{meta.files.target}: {len(meta.templates):,} faces, {len(meta.template_ids):,} templates, "
+          f"{len(pairs.t1):,} pairs ({int(pairs.label[pairs.keep].sum()):,} genuine; {pairs.duplicates} repeated "
+          "rows skipped" + (f", first: {pairs.first_repeat}" if pairs.first_repeat else "") + ")")
+    if meta.probes is None:
+        print(f"{meta.files.target}: 1:N files absent: identification skipped")
+    else:
+        sizes = ", ".join(f"{g} {len(t):,}" for g, t, _ in meta.galleries)
+        print(f"{meta.files.target} 1:N: gallery templates {sizes}; {len(meta.probes[0]):,} mixed probe templates")
+
+
+def _print_ijb(name: str, r: dict[str, Any]) -> None:
+    v = r["verification"]
+    tars = "  ".join(f"{f} {100 * x['tar']:.2f}" for f, x in v["tar_at_far"].items())
+    ref = "  ".join(f"{100 * x:.2f}" for x in v["insightface"]["tar_at_far"].values())
+    print(f"{name:<24} 1:1 TAR% at FAR {tars}  (eval_ijbc.py rule: {ref})")
+    ident = r.get("identification")
+    if ident:
+        mean = ident["mean"]
+        ranks = "  ".join(f"rank-{k} {100 * x:.2f}" for k, x in mean["rank"].items())
+        tpir = "  ".join(f"TPIR@FPIR={f} {100 * x['tpir']:.2f}" for f, x in mean["tpir_at_fpir"].items())
+        print(f"{name:<24} 1:N (mean of {', '.join(ident['galleries'])}) {ranks}  {tpir}")
+
+
+def _ijb(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    import numpy as np
+
+    from facerco.eval.feature_cache import model_key
+    from facerco.eval.ijb import evaluate_ijb, load_meta
+    from facerco.eval.ijb_features import ijb_features, resource_usage
+    from facerco.eval.report import write_report
+    from facerco.utils.io import atomic_path
+
+    start = time.perf_counter()
+    if args.names and len(args.names) != len(args.model):
+        raise ValueError(f"--names gives {len(args.names)} names for {len(args.model)} models")
+    meta = load_meta(args.root, args.target)
+    _print_meta(meta)
+    out, results = Path(args.out), {}
+    for i, model_path in enumerate(args.model):
+        name = _model_name(model_path, args.names, i)
+        folder = out / "features" / name.replace("/", "_")
+        feats, norms = ijb_features(meta, _embedder(model_path, args), folder, model_key(model_path, args.arch),
+                                    args.batch_size, args.device, args.num_workers, args.block)
+        res, scores = evaluate_ijb(meta, feats, norms[:, 1], args.norm_score, args.detector_score,
+                                   workers=args.workers or os.cpu_count() or 1)
+        res["xnorm"] = float(np.mean(norms[:, 0]))
+        res["scores_file"] = str(folder / f"{meta.files.target.lower()}_pair_scores.npy")
+        with atomic_path(res["scores_file"]) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, scores)
+        _print_ijb(name, res)
+        results[name] = res
+    usage = resource_usage(start)
+    gpu = f", GPU {usage['peak_gpu_gib']:.2f} GiB" if "peak_gpu_gib" in usage else ""
+    print(f"peak memory {usage['peak_rss_gib']:.2f} GiB RSS{gpu}; time {usage['time_s']:.1f} s")
+    paths = write_report(out, ijb=results, meta={"command": "eval ijb", "root": args.root,
+                                                 "target": meta.files.target, "norm_score": args.norm_score,
+                                                 "detector_score": args.detector_score, **usage})
+    print(f"report: {paths['md']}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("eval", help="verification accuracy and MegaFace-style identification reports")
     sub = parser.add_subparsers(dest="eval_command", metavar="ACTION", required=True)
@@ -247,6 +319,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--out", default="eval_out/megaface", help="report folder (default eval_out/megaface)")
     _common(m)
     m.set_defaults(func=_megaface)
+
+    j = sub.add_parser("ijb", help="IJB-B/IJB-C template evaluation: 1:1 TAR@FAR and 1:N (G1/G2 or S1/S2)")
+    j.add_argument("--model", nargs="+", required=True, help="checkpoint(s) or .onnx; several models share a report")
+    j.add_argument("--root", required=True, help="IJB_ROOT holding <TARGET>/meta and <TARGET>/loose_crop")
+    j.add_argument("--target", default="IJBC", type=str.upper, choices=["IJBC", "IJBB"], help="IJBC (default) or IJBB")
+    j.add_argument("--names", nargs="+", help="display names for the models")
+    j.add_argument("--norm-score", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the embedding norm in the pooling (eval_ijbc.py use_norm_score; default on)")
+    j.add_argument("--detector-score", action=argparse.BooleanOptionalAction, default=True,
+                   help="weight faces by their detector score (eval_ijbc.py use_detector_score; default on)")
+    j.add_argument("--block", type=int, default=8192, help="faces per resumable extraction block")
+    j.add_argument("--workers", type=int, default=0, help="threads for the pair scores (default: all cores)")
+    j.add_argument("--out", default="eval_out/ijb", help="report folder (default eval_out/ijb)")
+    _common(j)
+    j.set_defaults(func=_ijb)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -56,12 +56,15 @@ _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".tif", 
 @dataclass
 class Embeddings:
     """Features of N images: ``emb`` (N, D) float32 unit rows, ``norms`` (N,) raw norms, ``labels`` (N,) int64
-    (-1 when unknown), ``paths`` (N,) image keys."""
+    (-1 when unknown), ``paths`` (N,) image keys; ``fused_norms`` (N,) float64, from the extractor only: the norm of
+    the fused feature before normalization, so ``emb * fused_norms[:, None]`` is ``f(x) + f(flip(x))`` (IJB pooling
+    with the embedding norm kept needs it; ``norms`` is the mean of the two views' norms)."""
 
     emb: np.ndarray
     norms: np.ndarray
     labels: np.ndarray
     paths: list[str]
+    fused_norms: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.emb)
@@ -338,7 +341,7 @@ def extract_embeddings(
         raise ValueError(f"{source}: no images to embed")
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          pin_memory=emb_fn.device.type == "cuda")
-    feats, norms, labels = [], [], []
+    feats, norms, labels, fused_norms = [], [], [], []
     paths = _dataset_paths(ds)
     bar = None
     if progress:
@@ -357,13 +360,15 @@ def extract_embeddings(
             length = check_rows(fused, f"{emb_fn.name} output", done, paths, what="image")
             norms.append(np.mean([np.linalg.norm(v.astype(np.float64), axis=1) for v in views], axis=0))
             feats.append((fused / length[:, None]).astype(np.float32))
+            fused_norms.append(length)
             labels.append(np.asarray(y, np.int64))
             done += n
             if bar is not None:
                 bar.update(n)
     if bar is not None:
         bar.close()
-    return Embeddings(np.concatenate(feats), np.concatenate(norms).astype(np.float32), np.concatenate(labels), paths)
+    return Embeddings(np.concatenate(feats), np.concatenate(norms).astype(np.float32), np.concatenate(labels), paths,
+                      np.concatenate(fused_norms))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Evaluation reports: ``report.json`` + ``report.md`` + ROC / CMC PNGs, written atomically; several models per report.
 
-Inputs are the dicts returned by :func:`facerco.eval.verification.evaluate_verification` (one per model and set) and
-:func:`facerco.eval.identification.evaluate_identification` (one per model).
+Inputs are the dicts returned by :func:`facerco.eval.verification.evaluate_verification` (one per model and set),
+:func:`facerco.eval.identification.evaluate_identification` (one per model) and
+:func:`facerco.eval.ijb.evaluate_ijb` (one per model).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = ["write_report", "format_markdown"]
 
 VerificationResults = Mapping[str, Mapping[str, Mapping[str, Any]]]  # model -> set -> result
 IdentificationResults = Mapping[str, Mapping[str, Any]]  # model -> result
+IJBResults = Mapping[str, Mapping[str, Any]]  # model -> result
 
 
 def _pct(x: float) -> str:
@@ -81,8 +83,65 @@ def _identification_md(results: IdentificationResults) -> list[str]:
     return lines
 
 
+def _ijb_md(results: IJBResults) -> list[str]:
+    """1:1 and 1:N tables of IJB-B/C template evaluations (facerco's exact rule, then insightface's numbers)."""
+    first = next(iter(results.values()))
+    fars = list(first["verification"]["tar_at_far"])
+    lines = [f"## {first['target']} template evaluation (media-then-template pooling)", "",
+             "| model | norm-score | detector-score | templates | pairs (genuine) | duplicates skipped | rule | "
+             + " | ".join(f"TAR@FAR={f} %" for f in fars) + " |", "|" + "---|" * (7 + len(fars))]
+    for model, r in results.items():
+        v, o = r["verification"], r["options"]
+        head = (f"| {model} | {'on' if o['norm_score'] else 'off'} | {'on' if o['detector_score'] else 'off'} | "
+                f"{r['num_templates']:,} | {v['num_pairs']:,} ({v['num_genuine']:,}) | {v['duplicate_pairs_skipped']}")
+        lines.append(f"{head} | exact | " + " | ".join(_pct(v["tar_at_far"][f]["tar"]) for f in fars) + " |")
+        lines.append(f"{head} | eval_ijbc.py | " + " | ".join(_pct(v["insightface"]["tar_at_far"][f]) for f in fars)
+                     + " |")
+    lines += ["", "exact: τ = the (m+1)-th highest impostor score, m = ⌊FAR·#impostors⌋, "
+              "TAR = #{genuine > τ}/#genuine. eval_ijbc.py: the TPR of the sklearn ROC point whose FPR is nearest "
+              "to the target.", ""]
+    ident = {m: r["identification"] for m, r in results.items() if r.get("identification")}
+    if ident:
+        lines += [f"### {first['target']} 1:N identification (mixed probes; mean of the two galleries)", "",
+                  "| model | gallery | mated / non-mated probes | rank-1 % | rank-5 % | rank-10 % | TPIR@FPIR=0.01 % "
+                  "| TPIR@FPIR=0.1 % |", "|" + "---|" * 8]
+        for model, r in ident.items():
+            for g, x in [*r["galleries"].items(), ("mean", r["mean"])]:
+                probes = f"{x['num_mated']:,} / {x['num_nonmated']:,}" if "num_mated" in x else "–"
+                t = x["tpir_at_fpir"]
+                lines.append(f"| {model} | {g} | {probes} | " + " | ".join(_pct(x["rank"][k]) for k in ("1", "5", "10"))
+                             + f" | {_pct(t['0.01']['tpir'])} | {_pct(t['0.1']['tpir'])} |")
+            c = r.get("insightface", {})
+            if "rank" in c:
+                lines.append(f"| {model} | G1∪G2 (ijb_1n.py) | closed set | " + " | ".join(
+                    _pct(c["rank"][k]) for k in ("1", "5", "10")) + f" | {_pct(c['tpir_at_far']['0.01'])} | "
+                    f"{_pct(c['tpir_at_far']['0.1'])} |")
+        lines.append("")
+    return lines
+
+
+def _plot_ijb_roc(results: IJBResults, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for model, r in results.items():
+        roc = r["verification"]["roc"]
+        ax.plot(roc["far"], [100 * t for t in roc["tar"]], label=model)
+    target = next(iter(results.values()))["target"]
+    ax.set(xscale="log", xlabel="false accept rate", ylabel="true accept rate %",
+           title=f"ROC: {target} 1:1 template pairs (exact TAR at each FAR)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
 def format_markdown(verification: VerificationResults | None, identification: IdentificationResults | None,
-                    meta: Mapping[str, Any] | None = None, plots: list[str] | None = None) -> str:
+                    meta: Mapping[str, Any] | None = None, plots: list[str] | None = None,
+                    ijb: IJBResults | None = None) -> str:
     """The Markdown body of ``report.md``."""
     lines = ["# facerco evaluation report", ""]
     for key, value in (meta or {}).items():
@@ -93,6 +152,8 @@ def format_markdown(verification: VerificationResults | None, identification: Id
         lines += _verification_md(verification)
     if identification:
         lines += _identification_md(identification)
+    if ijb:
+        lines += _ijb_md(ijb)
     for p in plots or []:
         lines += [f"![{Path(p).stem}]({Path(p).name})", ""]
     return "\n".join(lines)
@@ -181,10 +242,11 @@ def write_report(
     verification: VerificationResults | None = None,
     identification: IdentificationResults | None = None,
     meta: Mapping[str, Any] | None = None,
+    ijb: IJBResults | None = None,
 ) -> dict[str, Path]:
     """Write report.json, report.md and the plots into ``out_dir``; returns the paths written by name."""
-    if not verification and not identification:
-        raise ValueError("nothing to report: give verification and/or identification results")
+    if not verification and not identification and not ijb:
+        raise ValueError("nothing to report: give verification, identification and/or ijb results")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -196,14 +258,17 @@ def write_report(
         _plot_cmc(identification, paths["cmc"])
         paths["identification_roc"] = out / "identification_roc.png"
         _plot_identification_roc(identification, paths["identification_roc"])
+    if ijb:
+        paths["ijb_roc"] = out / "ijb_roc.png"
+        _plot_ijb_roc(ijb, paths["ijb_roc"])
     from facerco import __version__
 
     meta = {"facerco": __version__, "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             **(meta or {})}
     paths["json"] = out / "report.json"
     write_json(paths["json"], {"meta": meta, "verification": verification or {},
-                               "identification": identification or {}})
+                               "identification": identification or {}, **({"ijb": ijb} if ijb else {})})
     paths["md"] = out / "report.md"
     plots = [str(p) for k, p in paths.items() if k not in ("json", "md")]
-    atomic_write_text(paths["md"], format_markdown(verification, identification, meta, plots))
+    atomic_write_text(paths["md"], format_markdown(verification, identification, meta, plots, ijb))
     return paths
