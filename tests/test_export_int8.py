@@ -307,3 +307,35 @@ def test_fp32_export_writes_a_card_too(world: types.SimpleNamespace, tmp_path: P
     assert result.passed and card["model"]["precision"] == "fp32" and card["quantization"] is None
     assert card["parity"]["min_cosine"] >= 0.9999 and card["verification"] is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.card.json", "f.card.md", "f.onnx", "f.parity.json"]
+
+
+def test_benchmark_int8_rows_smoke(world: types.SimpleNamespace, tmp_path: Path) -> None:
+    """benchmarks/export.py at a tiny size: int8 rows carry file sizes, ratios to fp32 and an op-time profile."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import export as bench
+
+    with _one_thread():
+        rows = bench.bench_arch("tiny", [2], 1, 0.05, 1, tmp_path, backends=["onnxruntime", "onnxruntime_int8"],
+                                model=world.model, profile=True)
+    assert [(r["backend"], r["batch"]) for r in rows] == [("onnxruntime", 2), ("onnxruntime_int8", 2)]
+    assert all(r["images_per_cpu_s"] > 0 and r["threads"] == 1 for r in rows)
+    int8_ops = rows[1]["op_time_share"]
+    assert "QLinearConv" in int8_ops and sum(int8_ops.values()) == pytest.approx(1.0)
+    (ratio,) = bench._ratios(rows)
+    assert ratio["backend"] == "onnxruntime_int8" and ratio["size_vs_fp32"] < 0.5
+    assert "| tiny | 2 |" in bench._table(rows)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibrators_with_a_short_last_batch(world: types.SimpleNamespace, tmp_path: Path,
+                                                       method: str) -> None:
+    """40 images in batches of 16: the histogram calibrators get full batches only (they stack them)."""
+    float_path = fx.export_onnx(world.model, tmp_path / "f.onnx", exporter="legacy").path
+    calib = qz.load_calibration_images(world.calib, (SIZE, SIZE), count=40)
+    info = qz.quantize_int8(float_path, tmp_path / "q.onnx", calib, method=method)
+    assert info.calibration_images == 32 and info.method == method
+    x = fx.normalize_batch(fx.generated_images(4, (SIZE, SIZE), seed=5))
+    got = fx.ort_session(info.path, threads=1).run(None, {"data": x})[0]
+    assert _cosine(_torch_emb(world.model, x), got).mean() >= qz.INT8_MIN_MEAN_COSINE

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +65,10 @@ def compare_verification(model: nn.Module, onnx_path: str | Path, *, pairs: str 
     if (pairs is None) == (bin_path is None) or (pairs is not None and root is None):
         raise ValueError("verification needs either --eval-pairs with --eval-root, or --eval-bin")
     if bin_path is not None:
-        run = lambda m: verify_bin(m, bin_path, batch_size=batch_size, device="cpu", fars=_FARS)  # noqa: E731
+        run = partial(verify_bin, bin_path=bin_path, batch_size=batch_size, device="cpu", fars=_FARS)
         where = str(bin_path)
     else:
-        run = lambda m: verify_pairs(m, pairs, root, batch_size=batch_size, device="cpu", fars=_FARS)  # noqa: E731
+        run = partial(verify_pairs, pairs_txt=pairs, root=root, batch_size=batch_size, device="cpu", fars=_FARS)
         where = f"{pairs} (images under {root})"
     ref, got = run(model), run(str(onnx_path))
     return {"set": where, "num_pairs": ref["num_pairs"], "protocol": "10-fold, flip-fused, squared L2",

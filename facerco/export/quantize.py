@@ -149,13 +149,15 @@ def load_calibration_images(source: str | os.PathLike[str], size: tuple[int, int
 
 
 def _reader(images: np.ndarray, batch: int) -> Any:
-    """onnxruntime's CalibrationDataReader over normalised batches of ``images``."""
+    """onnxruntime's CalibrationDataReader over normalised full batches of ``images`` (the histogram calibrators,
+    Entropy and Percentile, stack the batches and fail on a short last one, so the tail is left out)."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class _Batches(CalibrationDataReader):
         def __init__(self) -> None:
             self._it: Iterator[dict[str, np.ndarray]] = (
-                {fx.INPUT_NAME: fx.normalize_batch(images[i:i + batch])} for i in range(0, len(images), batch)
+                {fx.INPUT_NAME: fx.normalize_batch(images[i:i + batch])}
+                for i in range(0, len(images) - batch + 1, batch)
             )
 
         def get_next(self) -> dict[str, np.ndarray] | None:
@@ -268,6 +270,7 @@ def quantize_int8(
         raise ValueError(f"{calibration.source}: {len(calibration.images)} calibration images, fewer than one "
                          f"calibration batch of {batch}")
     size = tuple(int(d) for d in fx.input_spec(source)[2:])
+    used = len(calibration.images) // batch * batch
     start = time.perf_counter()
     with atomic_path(out) as tmp, tempfile.TemporaryDirectory(prefix=".int8-", dir=out.parent) as work:
         quant_input = src_path
@@ -284,7 +287,7 @@ def quantize_int8(
         props.update({
             "facerco.int8": "true",
             "facerco.int8.recipe": f"QDQ, weights int8 {'per-channel' if per_channel else 'per-tensor'}, "
-                                   f"activations uint8, {method} calibration on {len(calibration.images)} images",
+                                   f"activations uint8, {method} calibration on {used} images",
             **{f"facerco.{k}": str(v) for k, v in (metadata or {}).items()},
         })
         fx._set_metadata(proto, props)
@@ -293,7 +296,7 @@ def quantize_int8(
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
     return Int8Info(
         path=str(out), source_onnx_sha256=sha256_file(src_path), method=method,
-        calibration_source=calibration.source, calibration_images=len(calibration.images),
+        calibration_source=calibration.source, calibration_images=used,
         calibration_skipped=calibration.skipped, calibration_batch=batch, per_channel=per_channel,
         preprocessed=preprocess, compact_names=compacted, activation_type="uint8", weight_type="int8",
         quant_format="QDQ",
