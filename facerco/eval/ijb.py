@@ -236,6 +236,27 @@ def _int_rows(path: Path, ncols: int, form: str) -> np.ndarray:
     return arr
 
 
+def _pair_keys(t1: np.ndarray, t2: np.ndarray) -> np.ndarray:
+    """One int64 per unordered pair {t1, t2} (ids made compact first when the direct key could overflow)."""
+    lo, hi = np.minimum(t1, t2), np.maximum(t1, t2)
+    if len(lo) and (lo.min() < 0 or int(hi.max()) + 1 > 2**31):
+        ids, inv = np.unique(np.concatenate([lo, hi]), return_inverse=True)
+        lo, hi = inv[: len(t1)], inv[len(t1) :]
+    return lo.astype(np.int64) * (int(hi.max(initial=0)) + 1) + hi
+
+
+def _first_occurrence(keys: np.ndarray) -> np.ndarray:
+    """(P,) index of the first row holding the same key as each row (itself when it is the first)."""
+    order = np.argsort(keys, kind="stable")
+    ks = keys[order]
+    start = np.ones(len(keys), bool)
+    start[1:] = ks[1:] != ks[:-1]
+    group_first = order[np.maximum.accumulate(np.where(start, np.arange(len(keys)), 0))]
+    out = np.empty(len(keys), np.int64)
+    out[order] = group_first
+    return out
+
+
 def read_pairs(path: str | Path) -> PairList:
     """Read ``t1 t2 label`` rows. A label other than 0/1 is an error; a pair listed again (either order) is kept
     once and counted, unless its label differs (an error naming both lines)."""
@@ -246,9 +267,7 @@ def read_pairs(path: str | Path) -> PairList:
     if len(bad):
         line = _row_lines(path, [bad[0]])[int(bad[0])]
         raise ValueError(f"{path}: line {line}: label must be 0 or 1, got {label[bad[0]]}")
-    lo, hi = np.minimum(t1, t2), np.maximum(t1, t2)
-    _, first, inverse = np.unique(np.stack([lo, hi], 1), axis=0, return_index=True, return_inverse=True)
-    first_of = first[inverse.ravel()]
+    first_of = _first_occurrence(_pair_keys(t1, t2))
     keep = first_of == np.arange(len(t1))
     first_repeat = None
     if not keep.all():
@@ -629,6 +648,13 @@ def _identification(meta: IJBMeta, tmpl_ids: np.ndarray, feats: np.ndarray) -> d
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _count_media(templates: np.ndarray, medias: np.ndarray) -> int:
+    """Distinct (template, media) pairs: a media seen in two templates counts in each."""
+    order = np.lexsort((medias, templates))
+    t, m = templates[order], medias[order]
+    return int(1 + np.count_nonzero((t[1:] != t[:-1]) | (m[1:] != m[:-1]))) if len(t) else 0
+
+
 def evaluate_ijb(meta: IJBMeta, feats: np.ndarray, fused_norms: np.ndarray, norm_score: bool = True,
                  detector_score: bool = True, workers: int = 1, fars: Sequence[float] = FARS
                  ) -> tuple[dict[str, Any], np.ndarray]:
@@ -663,7 +689,7 @@ def evaluate_ijb(meta: IJBMeta, feats: np.ndarray, fused_norms: np.ndarray, norm
         "options": {"norm_score": bool(norm_score), "detector_score": bool(detector_score), "flip": True},
         "num_images": int(len(meta.templates)),
         "num_templates": int(len(tmpl_ids)),
-        "num_media": int(len(np.unique(np.stack([meta.templates, meta.medias], 1), axis=0))),
+        "num_media": _count_media(meta.templates, meta.medias),
         "verification": verification,
     }
     if meta.probes is not None:
