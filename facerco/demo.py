@@ -2,7 +2,8 @@
 
 In-the-wild scenes -> align (landmarks backend) -> pack (.rec) -> teacher with a recorded route -> students
 (scratch, mimic of the final teacher, RCO one-stage EEIS) -> verification and 1:N identification with generated
-distractors -> ONNX export with a parity check -> one table and plots in the output folder.
+distractors -> fp32 and int8 ONNX exports (parity, held-out accuracy, model cards) -> one table and plots in the
+output folder.
 
 Every stage writes files a person can open, and every stage is resumable: a rerun skips what is finished
 (aligned images, packed data, route points, student runs, reports).
@@ -202,20 +203,30 @@ def evaluate_models(models: dict[str, Path], val_bin: Path, test_aligned: Path, 
                                                                                         paths.items()}}
 
 
-def export_student(ckpt: Path, out: Path, check_dir: Path) -> dict[str, Any]:
-    """ONNX export of the RCO student and a torch-vs-onnxruntime parity check on aligned test faces."""
-    from facerco.export.onnx import check_parity, export_onnx, load_check_images
+def export_student(ckpt: Path, out: Path, check_dir: Path, calib_dir: Path, val_bin: Path) -> dict[str, Any]:
+    """The RCO student as fp32 and int8 ONNX files, each with parity on aligned test faces, held-out verification
+    next to PyTorch's and a model card (:func:`facerco.export.deploy.export_model`, the CLI's code path)."""
+    from facerco.export.deploy import ExportPlan, export_model
     from facerco.models.checkpoint import load_model
+    from facerco.utils.io import sha256_file
 
-    done = _stage("export ONNX + parity check")
+    done = _stage("export ONNX fp32 + int8: parity, held-out accuracy, model cards")
     model = load_model(ckpt).model
-    onnx_path = out / "student.onnx"
-    export_onnx(model, onnx_path)
-    images, names = load_check_images(check_dir, tuple(model.meta.input_size), limit=32)
-    parity = check_parity(model, onnx_path, images, names, batch_sizes=(1, 16), repeats=3)
-    write_json(out / "student.onnx.parity.json", parity)
-    done(f"-> {onnx_path}")
-    return parity
+    source = {"checkpoint": ckpt.name, "sha256": sha256_file(ckpt)}
+    common = {"check": str(check_dir), "check_limit": 32, "batch_sizes": (1, 16), "repeats": 3,
+              "eval_bin": str(val_bin)}
+    exports, parity = [], None
+    for precision, name in (("fp32", "student.onnx"), ("int8", "student_int8.onnx")):
+        plan = ExportPlan(precision=precision, calibrate=str(calib_dir) if precision == "int8" else None, **common)
+        result = export_model(model, out / name, plan, source=source)
+        parity = parity or result.parity
+        card = result.card
+        exports.append({"precision": precision, "file": result.path.name, "file_bytes": card["model"]["file_bytes"],
+                        "min_cosine": card["parity"]["min_cosine"], "mean_cosine": card["parity"]["mean_cosine"],
+                        "ver_acc": card["verification"]["exported"]["accuracy"],
+                        "pytorch_ver_acc": card["verification"]["pytorch"]["accuracy"], "passed": result.passed})
+    done(f"-> {out}")
+    return {"parity": parity, "exports": exports}
 
 
 def _summary_rows(models: dict[str, Path], evaluation: dict[str, Any], bin_name: str) -> list[dict[str, Any]]:
@@ -232,16 +243,24 @@ def _summary_rows(models: dict[str, Path], evaluation: dict[str, Any], bin_name:
     return rows
 
 
-def _markdown(rows: list[dict[str, Any]], parity: dict[str, Any], seconds: float) -> str:
+def _markdown(rows: list[dict[str, Any]], parity: dict[str, Any], seconds: float,
+              exports: list[dict[str, Any]] | None = None) -> str:
     lines = ["# facerco demo (generated faces)", "",
              "| model | params | verification acc % | rank-1 % (distractors) |", "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['params_M']:.2f}M | {100 * r['ver_acc']:.2f} ± {100 * r['ver_std']:.2f} "
                      f"| {100 * r['rank1']:.2f} ({r['distractors']}) |")
     cos = parity["summary"]["min_cosine"]
-    lines += ["", f"ONNX parity (RCO student, {parity['num_images']} images): min cosine {cos:.6f}", "",
-              f"Total time {seconds / 60:.1f} min. Plots: eval/roc.png, eval/cmc.png, students/compare.md, "
-              "teacher/route.png."]
+    lines += ["", f"ONNX parity (RCO student, {parity['num_images']} images): min cosine {cos:.6f}", ""]
+    if exports:
+        lines += ["| RCO student file | size MB | min / mean cosine to PyTorch | verification acc % (PyTorch) |",
+                  "|---|---|---|---|"]
+        lines += [f"| {e['file']} ({e['precision']}{'' if e['passed'] else ', rejected'}) | "
+                  f"{e['file_bytes'] / 1e6:.2f} | {e['min_cosine']:.4f} / {e['mean_cosine']:.4f} | "
+                  f"{100 * e['ver_acc']:.2f} ({100 * e['pytorch_ver_acc']:.2f}) |" for e in exports]
+        lines.append("")
+    lines.append(f"Total time {seconds / 60:.1f} min. Plots: eval/roc.png, eval/cmc.png, students/compare.md, "
+                 "teacher/route.png.")
     return "\n".join(lines) + "\n"
 
 
@@ -261,13 +280,14 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0) -
     table = train_students(dataset, val_bin, teacher, root / "students", scale, seed)
     models = _models(teacher, root / "students", seed)
     evaluation = evaluate_models(models, val_bin, aligned["test"], faces["distractors"], root / "eval")
-    parity = export_student(models["rco_eeis_one"], root / "export", aligned["test"])
+    exported = export_student(models["rco_eeis_one"], root / "export", aligned["test"], aligned["train"], val_bin)
+    parity = exported["parity"]
     rows = _summary_rows(models, evaluation, val_bin.stem)
     seconds = time.perf_counter() - start
     summary = {"scale": "quick" if quick else "full", "seconds": seconds, "rows": rows,
-               "compare": table.get("rows", []), "onnx_parity": parity}
+               "compare": table.get("rows", []), "onnx_parity": parity, "exports": exported["exports"]}
     write_json(root / "summary.json", summary)
-    text = _markdown(rows, parity, seconds)
+    text = _markdown(rows, parity, seconds, exported["exports"])
     atomic_write_text(root / "summary.md", text)
     print("\n" + text, flush=True)
     return summary
