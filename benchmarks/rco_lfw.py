@@ -1,36 +1,45 @@
-"""Real-face RCO study on LFW: does following the teacher's route beat mimicking the final teacher?
+"""Real-face RCO study on LFW: do route strategies beat mimicking the final teacher?
 
-Protocol (issue 8, item 2), all on the seeded LFW split of :mod:`facerco.data.lfw_split` (400 training identities,
-4,351 images; 1,280 disjoint test identities; the 4,069 one-image people as distractors; 3,000 held-out pairs):
+The pre-registered protocol (issue 11; ``benchmarks/README.md``, "RCO study protocol", written before the runs):
 
-1. data: ``--data`` (default ``runs/lfw_cpu_data``), prepared from ``--lfw`` when its ``split.json`` is missing;
-2. teacher: ``--teacher-run`` (default ``runs/teacher_lfw_cpu``) is reused when its route is complete, else trained
-   (or resumed) from ``--teacher-config`` (``configs/teacher/lfw_cpu.yaml``: iresnet_tiny at 48x48, 6 epochs, one
-   route point per epoch);
-3. anchor cache: every route point's embedding of every training image (plain + flipped, fp16), built once with
-   :func:`facerco.route.cache.build_cache`, so students read targets instead of running the teacher (``--online``
-   runs the teacher instead);
-4. students: the six configs ``configs/student/lfw_cpu_{scratch,mimic_final,mimic_best,rco_eeis_one,
-   rco_eeis_multi,rco_gss}.yaml`` (same student, data, optimizer and budget; ``--epochs`` sets it), trained by
-   :func:`facerco.train.compare.run_compare` (the library's loop, one run per variant and seed under
-   ``OUT/runs/<variant>/seed<k>``; finished runs are reused, so a rerun resumes). ``--jobs 2`` trains two
-   variant groups in two processes of ``--threads`` threads each (small nets use two cores better that way);
-5. metrics of every student (and of every teacher route point), from one embedding pass over the ``eval/`` folder
-   (no flip fusion unless ``--eval-flip``; the same for every model): held-out pair verification accuracy
-   (10 folds) and its TAR@FAR=1e-3 (1,500 impostor pairs, so one impostor allowed); MegaFace-style 1:N
-   identification (:func:`facerco.eval.identification.evaluate_identification`): the test identities' images are
-   probes/gallery, all 4,069 singletons are distractors, rank-1 and TAR@FAR=1e-3 over probes x distractors
-   (~19.6M impostor scores);
-6. output: ``OUT/rco_lfw.json`` (every run, every metric, the teacher route), ``OUT/rco_lfw.md`` (mean ± std over
-   seeds, paired differences to mimic-final, a verdict line per RCO variant) and ``OUT/rco_lfw.png``.
+* **Data**: the seeded LFW split of :mod:`facerco.data.lfw_split` (``--data``, format version 2): ``train/`` (400
+  identities), ``val/`` (170 validation people + 600 single-image validation distractors, ``pairs_val.txt``) and
+  ``eval/`` (the other people with ≥ 2 images + every other singleton, ``pairs_heldout.txt``). Every choice (the
+  teacher's route metrics, ``early``'s point, GSS, the pilot gate) reads validation or training data; the test part
+  is read once per finished model.
+* **Teacher**: ``--teacher-run`` (``runs/teacher_lfw_study``), reused when its route is complete, else trained from
+  ``--teacher-config`` (``configs/teacher/lfw_cpu_study.yaml``: iresnet_small at 32 px, 3.4M parameters, 16 epochs,
+  lr ×0.1 after epochs 8 and 12, a route point per epoch). A teacher that validated on the test pairs is refused.
+* **Anchor cache**: every route point's embedding of every training image (plain + flipped), built once with
+  :func:`facerco.route.cache.build_cache` (lockstep reads every point); ``--online`` runs the teacher instead.
+* **Students**: ``configs/student/_lfw_study_base.yaml`` (mobilefacenet width 0.25, 64-d, 77k parameters, ~44×
+  smaller; the teacher's schedule: 16 epochs, lr drops after 8 and 12; mimic l2 ×10 + ArcFace) through
+  :func:`facerco.train.compare.builtin_variants` and :func:`~facerco.train.compare.run_compare` (the library's loop;
+  one run per variant and seed under ``OUT/runs/<variant>/seed<k>``, finished runs reused). Variants: ``scratch``,
+  ``mimic_final`` (the reference), the control ``early`` (and ``reverse`` when given) and the primary family
+  ``rco_eeis_multi``, ``lockstep``, ``phase`` (any other route strategy of ``compare`` given in ``--variants`` joins
+  it). A multi-stage variant restarts the lr schedule at every anchor; its warm-up and lr drops are scaled to the
+  stage (each stage runs the teacher's schedule in miniature) instead of lying past the stage's end.
+* **Pilot gate** (seed 0, validation only): teacher − scratch ≥ 4 points and mimic_final − scratch ≥ +0.5 point of
+  validation 1:N rank-1, else the study stops before the counted seeds (``--ignore-gate`` overrides) and the table
+  says so. Seed 0 is not counted.
+* **Metrics** of every run, once at the end, from one embedding pass per split (no flip fusion unless
+  ``--eval-flip``): validation 1:N rank-1 (validation people as probes/gallery, validation distractors) and pairs
+  accuracy (``pairs_val.txt``); test (the **primary endpoint**) 1:N rank-1 with the test people as probes/gallery and
+  all test singletons as distractors (:func:`facerco.eval.identification.evaluate_identification`), held-out pairs
+  accuracy and 1:N TAR@FAR=1e-3; the congruence to the final teacher (``compare``'s relational divergence).
+* **Analysis** (:mod:`_study`): per variant mean ± std over the counted seeds; test rank-1 paired by seed against
+  mimic_final: Δ with its 95 % CI, wins, one-sided paired t-test with Holm over the primary family, Wilcoxon as a
+  check; success: adjusted p < 0.05, mean Δ ≥ +0.2 point, ahead on ≥ 80 % of seeds, ahead of every control.
 
-Usage::
+Writes ``OUT/rco_lfw.json`` (every run with every metric, so anyone can recompute), ``OUT/rco_lfw.md`` and
+``OUT/rco_lfw.png``.
 
-    python benchmarks/rco_lfw.py --seeds 0 1 2 --epochs 4 --jobs 2 --out bench_out/rco_lfw
-    python benchmarks/rco_lfw.py --aggregate-only --out bench_out/rco_lfw     # table from the finished runs
+    python benchmarks/rco_lfw.py --jobs 2 --threads 1 --out bench_out/rco_lfw     # pilot + 5 counted seeds
+    python benchmarks/rco_lfw.py --aggregate-only --out bench_out/rco_lfw        # table from the finished runs
 
-Smaller runs: ``--seeds 0``, ``--variants scratch mimic_final rco_eeis_one``, ``--epochs 1``, ``--set
-train.max_steps=5`` (any dotted student override) and ``--teacher-set`` (teacher overrides when one is trained).
+Smaller runs: ``--seeds 0``, ``--variants scratch mimic_final phase``, ``--epochs 2``, ``--set train.max_steps=20``
+(any dotted student override) and ``--teacher-set`` (teacher overrides when one is trained here).
 """
 
 from __future__ import annotations
@@ -39,11 +48,11 @@ import argparse
 import math
 import os
 import platform
-import statistics
-import subprocess
+import re
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,17 +61,20 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _study  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-VARIANT_NAMES = ("scratch", "mimic_final", "mimic_best", "rco_eeis_one", "rco_eeis_multi", "rco_gss")
-RCO_VARIANTS = ("rco_eeis_one", "rco_eeis_multi", "rco_gss")
+# the pre-registered roles (benchmarks/README.md, "RCO study protocol")
 REFERENCE = "mimic_final"
-# (key in the val dict, column title); the first is the compare table's primary metric
-METRICS = (
-    ("heldout_pairs/accuracy", "held-out pairs acc %"),
-    ("megaface/rank1", "rank-1 % (4,069 distractors)"),
-    ("megaface/tar_far1e-3", "TAR@FAR=1e-3 % (1:N)"),
-    ("heldout_pairs/tar_far1e-3", "TAR@FAR=1e-3 % (pairs)"),
-)
+CONTROLS = ("early", "reverse")
+ROUTE_STRATEGIES = ("rco_eeis_one", "rco_eeis_multi", "rco_gss", "lockstep", "phase", "ensemble", "rco_gss_online")
+DEFAULT_VARIANTS = ("scratch", REFERENCE, "early", "rco_eeis_multi", "lockstep", "phase")
+ENDPOINT = "rank1"  # of the test split
+MIN_GAIN = 0.002  # +0.2 point of rank-1
+SPLITS = ("val", "test")
+# (metric key, column title) of each split, in table order
+METRICS = (("rank1", "rank-1"), ("pairs_acc", "pairs acc"), ("tar_far1e-3", "TAR@FAR=1e-3 (1:N)"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -73,8 +85,8 @@ METRICS = (
 class MemoryFolder(Dataset):
     """An identity folder decoded once to RGB uint8 at the network size; items ``(normalized CHW, label)``.
 
-    Same items, labels and order as ``FolderDataset(root, TrainTransform(flip=False, size))`` (what the student job
-    opens), without decoding JPEGs at every step.
+    Same items, labels and order as ``FolderDataset(root, ...)`` at that size (what the student job would open),
+    without decoding JPEGs at every step; ``get_batch`` serves the engine's batch path in one indexing operation.
     """
 
     def __init__(self, root: str | Path, size: int, desc: str = "decode") -> None:
@@ -101,47 +113,60 @@ class MemoryFolder(Dataset):
 
         return normalize(self.images[i]), int(self.labels[i])
 
+    def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized (B, 3, H, W) images and labels of ``indices`` (same values as ``__getitem__``)."""
+        from facerco.data.transforms import normalize_batch
 
-class LFWEvaluator:
-    """Held-out verification + 1:N identification with every singleton as a distractor, from one embedding pass.
+        idx = indices.cpu().numpy()
+        images = normalize_batch(torch.from_numpy(self.images[idx])).contiguous()
+        return images, torch.from_numpy(self.labels[idx])
+
+
+class SplitEvaluator:
+    """Pair verification + 1:N identification of one split part, from one embedding pass over its folder.
 
     Args:
-        data: the prepared split folder (``eval/``, ``split.json``, ``pairs_heldout.txt``).
+        folder: the part's image folder (``val/`` or ``eval/``), one sub-folder per person.
+        pairs_file: its pairs (LFW format) with images under ``folder``.
+        probes: people whose images are probes/gallery (≥ 2 images each).
+        distractors: single-image people used as distractors.
         size: network input side.
         fars: FAR targets (the first is the reported one).
-        flip: fuse each embedding with its mirror image's (the LFW protocol; doubles the cost, ~1 min per model on
-            one busy core, so the study leaves it off by default: every model is scored the same way).
+        flip: fuse each embedding with its mirror image's (doubles the cost; off by default, every model is scored
+            the same way).
     """
 
-    def __init__(self, data: str | Path, size: int, fars: Sequence[float] = (1e-3, 1e-4), flip: bool = False) -> None:
+    def __init__(self, folder: str | Path, pairs_file: str | Path, probes: Sequence[str],
+                 distractors: Sequence[str], size: int, fars: Sequence[float] = (1e-3, 1e-4),
+                 flip: bool = False) -> None:
         from facerco.data.pairs import read_lfw_pairs
-        from facerco.utils.io import read_json
 
-        base = Path(data)
-        split = read_json(base / "split.json")
+        base = Path(folder)
         self.fars = tuple(float(f) for f in fars)
         self.flip = flip
-        self.images = MemoryFolder(base / "eval", size)
+        self.images = MemoryFolder(base, size)
         names = [self.images.classes[int(c)] for c in self.images.labels]
-        test, distractors = set(split["test"]), set(split["distractors"])
-        self.probe_idx = np.array([i for i, n in enumerate(names) if n in test], np.int64)
-        self.distractor_idx = np.array([i for i, n in enumerate(names) if n in distractors], np.int64)
+        probe_set, distractor_set = set(probes), set(distractors)
+        if probe_set & distractor_set:
+            raise ValueError(f"{base}: {len(probe_set & distractor_set)} people are both probes and distractors")
+        self.probe_idx = np.array([i for i, n in enumerate(names) if n in probe_set], np.int64)
+        self.distractor_idx = np.array([i for i, n in enumerate(names) if n in distractor_set], np.int64)
         if not len(self.probe_idx) or not len(self.distractor_idx):
-            raise ValueError(f"{base / 'split.json'}: no test or no distractor images under {base / 'eval'}")
+            raise ValueError(f"{base}: none of the listed probe or distractor people have images here")
         where = {str(p.resolve()): i for i, p in enumerate(self.images.paths)}
-        pairs = read_lfw_pairs(base / "pairs_heldout.txt", base / "eval")
+        pairs = read_lfw_pairs(pairs_file, base)
         try:
             self.pair_a = np.array([where[str(a.resolve())] for a, _, _ in pairs], np.int64)
             self.pair_b = np.array([where[str(b.resolve())] for _, b, _ in pairs], np.int64)
         except KeyError as exc:
-            raise ValueError(f"{base / 'pairs_heldout.txt'}: image {exc} is not under {base / 'eval'}") from None
+            raise ValueError(f"{pairs_file}: image {exc} is not under {base}") from None
         self.issame = np.array([s for _, _, s in pairs], bool)
-        self.counts = {"eval_images": len(self.images), "probes": len(self.probe_idx),
+        self.counts = {"images": len(self.images), "probes": len(self.probe_idx),
                        "probe_identities": int(len(np.unique(self.images.labels[self.probe_idx]))),
-                       "distractors": len(self.distractor_idx), "heldout_pairs": len(self.issame)}
+                       "distractors": len(self.distractor_idx), "pairs": len(self.issame)}
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
-        """Flat metrics of ``model`` (an nn.Module in eval mode, as the engine's validator receives it)."""
+        """Flat metrics of ``model`` (in eval mode, as the engine's validator receives it)."""
         from facerco.eval.features import extract_embeddings
         from facerco.eval.identification import evaluate_identification
         from facerco.eval.verification import evaluate_verification
@@ -152,14 +177,24 @@ class LFWEvaluator:
                                         emb.emb[self.distractor_idx], sizes=[len(self.distractor_idx)], ranks=10,
                                         fars=self.fars, backend="torch", device="cpu", progress=False)
         size = ident["sizes"][-1]
-        out = {"heldout_pairs/accuracy": ver["accuracy"], "heldout_pairs/accuracy_std": ver["accuracy_std"],
-               "megaface/rank1": size["rank1"], "megaface/rank5": size["cmc"][min(4, len(size["cmc"]) - 1)],
-               "megaface/rank10": size["cmc"][-1]}
+        out = {"rank1": size["rank1"], "rank5": size["cmc"][min(4, len(size["cmc"]) - 1)],
+               "rank10": size["cmc"][-1], "pairs_acc": ver["accuracy"], "pairs_acc_std": ver["accuracy_std"]}
         for far in self.fars:
             tag = f"{far:.0e}".replace("e-0", "e-")
-            out[f"heldout_pairs/tar_far{tag}"] = ver["tar_at_far"][f"{far:g}"]["tar"]
-            out[f"megaface/tar_far{tag}"] = size["tar_at_far"][f"{far:g}"]
-        return out
+            out[f"tar_far{tag}"] = size["tar_at_far"][f"{far:g}"]
+            out[f"pairs_tar_far{tag}"] = ver["tar_at_far"][f"{far:g}"]["tar"]
+        return {k: float(v) for k, v in out.items()}
+
+
+def open_evaluators(data: Path, size: int, flip: bool) -> dict[str, SplitEvaluator]:
+    """The validation and test evaluators of a prepared split (format version 2, see facerco.data.lfw_split)."""
+    from facerco.data.lfw_split import read_split
+
+    split = read_split(data)
+    return {"val": SplitEvaluator(data / "val", data / "pairs_val.txt", split["val"], split["val_distractors"],
+                                  size, flip=flip),
+            "test": SplitEvaluator(data / "eval", data / "pairs_heldout.txt", split["test"],
+                                   split["test_distractors"], size, flip=flip)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -168,13 +203,15 @@ class LFWEvaluator:
 
 
 def ensure_data(data: Path, lfw: Path) -> None:
-    """Prepare the seeded split when ``data/split.json`` is missing (resumable, see facerco.data.lfw_split)."""
-    if (data / "split.json").is_file() and (data / "pairs_heldout.txt").is_file():
+    """Prepare the seeded split when ``data`` has none; refuse a folder prepared before the validation split."""
+    from facerco.data.lfw_split import is_prepared, prepare_lfw, read_split
+
+    if is_prepared(data):
         return
+    if (data / "split.json").is_file():
+        read_split(data)  # raises with the re-run hint
     if not lfw.is_dir():
         raise FileNotFoundError(f"{data}: no prepared split, and the LFW folder {lfw} to prepare it from is missing")
-    from facerco.data.lfw_split import prepare_lfw
-
     print(f"rco_lfw: preparing the LFW split {lfw} -> {data}", flush=True)
     prepare_lfw(lfw, data)
 
@@ -192,17 +229,33 @@ def teacher_complete(run: Path) -> bool:
     return bool(final) and final in points and int(points[final]["step"]) == int(route.get("total_steps", -1))
 
 
+def check_teacher_validation(run: Path, data: Path) -> None:
+    """Refuse a teacher whose route metrics were measured on the reported test pairs (issue 11, item 1)."""
+    from facerco.config import load_config
+    from facerco.train.compare import check_validation_not_test
+
+    config = run / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{config}: missing; the study needs to know what the teacher validated on")
+    cfg = load_config(config)
+    check_validation_not_test(f"teacher {run}", replace(cfg, eval=replace(
+        cfg.eval, test_pairs=str(data / "pairs_heldout.txt"))))
+
+
 def ensure_teacher(run: Path, config: Path, data: Path, overrides: Sequence[str]) -> float:
     """Reuse a complete teacher run, else train (or resume) it; returns the seconds spent here."""
     if teacher_complete(run):
+        check_teacher_validation(run, data)
         print(f"rco_lfw: reusing the finished teacher {run}", flush=True)
         return 0.0
     from facerco.config import load_config
+    from facerco.train.compare import check_validation_not_test
     from facerco.train.teacher import train_teacher
 
     cfg = load_config(config, [f"train.output={run}", f"data.train={data / 'train'}",
-                               f"data.val_pairs={data / 'pairs_heldout.txt'}", f"data.val_root={data / 'eval'}",
-                               "train.resume=true", *overrides])
+                               f"data.val_pairs={data / 'pairs_val.txt'}", f"data.val_root={data / 'val'}",
+                               f"eval.test_pairs={data / 'pairs_heldout.txt'}", "train.resume=true", *overrides])
+    check_validation_not_test("teacher", cfg)
     print(f"rco_lfw: training the teacher {config} -> {run}", flush=True)
     start = time.time()
     train_teacher(cfg)
@@ -216,16 +269,50 @@ def ensure_cache(teacher_run: Path, dataset: Dataset, out: Path, image_size: int
     from facerco.route.io import load_route
 
     route = load_route(teacher_run)
-    by_name = {p.name: p for p in route.points}
 
     def loader(name: str) -> Any:
         return lambda: route.load_point(name, verify=True).model
 
-    anchors = {p.name: (loader(p.name), by_name[p.name].sha256) for p in route_points(route)}
+    anchors = {p.name: (loader(p.name), route.point(p.name).sha256) for p in route_points(route)}
     build_cache(out, anchors, dataset, batch_size=256, device="cpu", num_workers=0,
                 meta={"teacher_run": str(teacher_run), "dataset": str(getattr(dataset, "root", "")),
                       "image_size": image_size}, progress=True)
     return out
+
+
+def evaluate_route(args: argparse.Namespace, evaluators: dict[str, SplitEvaluator]) -> dict[str, Any]:
+    """The teacher's route points on validation (``--teacher-eval``: all / final), the final one on test too.
+
+    Cached in ``OUT/teacher_eval.json`` by point sha256 and evaluation settings.
+    """
+    from facerco.route.anchors import route_points
+    from facerco.route.io import load_route
+    from facerco.utils.io import read_json, write_json
+
+    route = load_route(args.teacher_run)
+    points = route_points(route)
+    final = points[-1].name
+    cache_file = Path(args.out) / "teacher_eval.json"
+    done = read_json(cache_file) if cache_file.is_file() else {}
+    setting = eval_setting(args)
+    out = []
+    for p in points:
+        if args.teacher_eval == "final" and p.name != final:
+            continue
+        sha = route.point(p.name).sha256
+        entry = done.get(p.name, {})
+        need = ["val"] + (["test"] if p.name == final else [])
+        if entry.get("sha256") != sha or entry.get("setting") != setting or any(s not in entry for s in need):
+            model = route.load_point(p.name, verify=True).model.eval()
+            entry = {"sha256": sha, "setting": setting}
+            with torch.no_grad():
+                entry.update({s: evaluators[s](model) for s in need})
+            entry["params"] = int(sum(t.numel() for t in model.parameters()))
+            done[p.name] = entry
+            write_json(cache_file, done)
+        out.append({"name": p.name, "epoch": p.epoch, "lr": p.lr, "route_val": p.val, "val": entry["val"],
+                    **({"test": entry["test"]} if "test" in entry else {})})
+    return {"final": final, "points": out, "params": done[final]["params"], "arch": route.info.get("arch", "?")}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -233,205 +320,265 @@ def ensure_cache(teacher_run: Path, dataset: Dataset, out: Path, image_size: int
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def student_overrides(args: argparse.Namespace, data: Path, cache: Path | None) -> list[str]:
+def student_overrides(args: argparse.Namespace) -> list[str]:
     """Dotted overrides every variant shares: data paths, teacher, budget, cache, no progress bars."""
-    out = [f"data.train={data / 'train'}", f"data.val_pairs={data / 'pairs_heldout.txt'}",
-           f"data.val_root={data / 'eval'}", f"distill.teacher_run={args.teacher_run}",
-           f"data.image_size={args.image_size}", "train.progress=false", "train.resume=true", "train.tensorboard=false"]
+    data = Path(args.data)
+    out = [f"data.train={data / 'train'}", f"data.val_pairs={data / 'pairs_val.txt'}", f"data.val_root={data / 'val'}",
+           f"eval.test_pairs={data / 'pairs_heldout.txt'}", f"distill.teacher_run={args.teacher_run}",
+           f"data.image_size={args.image_size}", "train.progress=false", "train.resume=true",
+           "train.tensorboard=false", "distill.cache=" + ("" if args.online else str(Path(args.out) / "cache"))]
     if args.epochs:
         out.append(f"train.epochs={args.epochs}")
-    out.append(f"distill.cache={cache}" if cache is not None else "distill.cache=")
     return out + list(args.set)
 
 
-def make_variants(args: argparse.Namespace, data: Path, cache: Path | None) -> list[Any]:
-    """One variant per student config (name = the part after ``lfw_cpu_``), in ``--variants`` order."""
-    from facerco.train.compare import file_variants
+def stage_scaled_schedule(cfg: Any) -> Any:
+    """A multi-stage student's schedule scaled to one stage (warm-up and milestones × the stage's share).
 
-    configs = [Path(args.config_dir) / f"{args.config_prefix}{name}.yaml" for name in args.variants]
-    missing = [str(c) for c in configs if not c.is_file()]
-    if missing:
-        raise FileNotFoundError(f"student configs not found: {', '.join(missing)}")
-    variants = file_variants(configs, student_overrides(args, data, cache))
-    for v, name in zip(variants, args.variants, strict=True):
-        v.name = name  # file_variants strips the common prefix; with one config it would keep the whole stem
+    Why: a restarting stage evaluates the schedule over its own length, so the teacher's milestones (epochs 8 and
+    12 of 16) would lie past a 4-epoch stage's end and every stage would end at the peak lr. The scale is
+    ``final_share``, exact when every stage has the same length (``final_share = 1 / num_anchors``).
+    """
+    d, s = cfg.distill, cfg.schedule
+    if d.schedule != "multi_stage" or not d.restart_lr or s.decay != "step":
+        return cfg
+    share = d.final_share
+    if d.num_anchors > 1 and not math.isclose((1 - share) / (d.num_anchors - 1), share, rel_tol=1e-6):
+        raise ValueError(f"multi-stage students here need equal stages (distill.final_share = 1/num_anchors), got "
+                         f"final_share={share}, num_anchors={d.num_anchors}")
+    return replace(cfg, schedule=replace(s, warmup_epochs=s.warmup_epochs * share,
+                                         milestones=[m * share for m in s.milestones]))
+
+
+def make_variants(args: argparse.Namespace) -> list[Any]:
+    """The ``--variants`` from the base student config (``compare``'s built-in distill overrides)."""
+    from facerco.train.compare import builtin_variants
+
+    variants = builtin_variants(args.config, student_overrides(args), args.variants)
+    for v in variants:
+        v.cfg = stage_scaled_schedule(v.cfg)
     return variants
 
 
-def train_group(args: argparse.Namespace, names: Sequence[str]) -> None:
-    """Train the runs of ``names`` (all seeds), seed by seed, so an early stop leaves whole seeds behind."""
+def teacher_free(cfg: Any) -> bool:
+    d = cfg.distill
+    return d.mimic_weight == 0 and d.kd_weight == 0 and d.hint_weight == 0
+
+
+def run_finished(run_dir: Path, cfg: Any) -> bool:
+    """Whether the run stopped where its config says (``train.max_steps`` counts) and saved its student."""
+    from facerco.utils.io import read_json
+
+    path = run_dir / "summary.json"
+    if not path.is_file() or not (run_dir / "student.safetensors").is_file():
+        return False
+    summary = read_json(path)
+    stop = int(summary.get("total_steps", -1))
+    if cfg.train.max_steps > 0:
+        stop = min(stop, cfg.train.max_steps)
+    return int(summary.get("step", -2)) >= stop
+
+
+def test_metrics(run_dir: Path, evaluator: SplitEvaluator, setting: dict[str, Any]) -> dict[str, float]:
+    """The student's test metrics, computed once (``run_dir/test_metrics.json``, keyed by the student's sha256)."""
+    from facerco.models.checkpoint import load_model
+    from facerco.utils.io import read_json, sha256_file, write_json
+
+    path = run_dir / "test_metrics.json"
+    sha = sha256_file(run_dir / "student.safetensors")
+    if path.is_file():
+        saved = read_json(path)
+        if saved.get("student_sha256") == sha and saved.get("setting") == setting:
+            return saved["metrics"]
+    start = time.time()
+    with torch.no_grad():
+        metrics = evaluator(load_model(run_dir / "student.safetensors").model.eval())
+    write_json(path, {"student_sha256": sha, "setting": setting, "metrics": metrics, "seconds": time.time() - start})
+    return metrics
+
+
+def train_group(args: argparse.Namespace, names: Sequence[str], seeds: Sequence[int]) -> None:
+    """Train the runs of ``names``, seed by seed (a stopped study leaves whole seeds), and their test metrics."""
     from facerco.train.compare import run_compare
     from facerco.train.student import run_distill
 
-    data = Path(args.data)
-    train_set = MemoryFolder(data / "train", args.image_size)
-    cache = Path(args.out) / "cache" if not args.online else None
-    evaluator = LFWEvaluator(data, args.image_size, flip=args.eval_flip)
-    variants = [v for v in make_variants(args, data, cache) if v.name in names]
+    train_set = MemoryFolder(Path(args.data) / "train", args.image_size)
+    evaluators = open_evaluators(Path(args.data), args.image_size, args.eval_flip)
+    variants = [v for v in make_variants(args) if v.name in set(names)]
     runner = partial(run_distill, dataset=train_set)
-    for seed in args.seeds:
-        run_compare(variants, [seed], Path(args.out) / "runs", runner=runner,
-                    validator_factory=lambda _cfg: evaluator, metric=METRICS[0][0])
+    for seed in seeds:
+        table = run_compare(variants, [seed], Path(args.out) / "runs", runner=runner,
+                            validator_factory=lambda _cfg: evaluators["val"], metric=ENDPOINT)
+        for rec in table["runs"]:
+            test_metrics(Path(rec["run_dir"]), evaluators["test"], eval_setting(args))
 
 
-def launch_workers(args: argparse.Namespace, argv: Sequence[str]) -> list[tuple[subprocess.Popen, Any]]:
-    """``--jobs`` processes, each training an interleaved share of the variants (logs in OUT/worker<k>.log).
-
-    With one job nothing is launched: the caller trains in-process (:func:`train_group`).
-    """
-    groups = [g for g in (list(args.variants[k::args.jobs]) for k in range(args.jobs)) if g]
-    if len(groups) == 1:
-        return []
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    procs = []
-    for k, group in enumerate(groups):
-        log = open(Path(args.out) / f"worker{k}.log", "a", encoding="utf-8")  # noqa: SIM115 (closed by wait)
-        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker-variants", *group]
-        print(f"rco_lfw: worker {k}: {', '.join(group)} (log {log.name})", flush=True)
-        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-    return procs
+def eval_setting(args: argparse.Namespace) -> dict[str, Any]:
+    return {"image_size": args.image_size, "flip": args.eval_flip, "data": str(Path(args.data).resolve())}
 
 
-def wait_workers(procs: Sequence[tuple[subprocess.Popen, Any]], out: Path) -> None:
-    failed = []
-    for k, (proc, log) in enumerate(procs):
-        if proc.wait() != 0:
-            failed.append(k)
-        log.close()
-    if failed:
-        raise RuntimeError(f"rco_lfw: worker(s) {failed} failed; see {out}/worker<k>.log")
+def train_seeds(args: argparse.Namespace, argv: Sequence[str], seeds: Sequence[int]) -> None:
+    """``--jobs`` worker processes (variants split between them), or in-process with one job."""
+    if not seeds:
+        return
+    groups = _study.split_groups(args.variants, args.jobs)
+    if len(groups) > 1:
+        print(f"rco_lfw: seeds {list(seeds)} in {len(groups)} workers (logs {args.out}/worker<k>.log)", flush=True)
+        _study.run_workers(Path(__file__).resolve(), [*argv, "--worker-seeds", *map(str, seeds)], groups,
+                           Path(args.out), args.threads)
+    else:
+        train_group(args, args.variants, seeds)
 
 
-def finished_seeds(out: Path, names: Sequence[str], seeds: Sequence[int]) -> list[int]:
-    """Seeds whose run finished for every variant (summary.json at its last step)."""
+def finished_seeds(args: argparse.Namespace, variants: Sequence[Any], seeds: Sequence[int]) -> list[int]:
+    """Seeds whose run finished for every variant."""
+    runs = Path(args.out) / "runs"
+    return [s for s in seeds if all(run_finished(runs / v.name / f"seed{s}", v.cfg) for v in variants)]
+
+
+def collect(args: argparse.Namespace, variants: Sequence[Any], seeds: Sequence[int],
+            evaluators: dict[str, SplitEvaluator]) -> list[dict[str, Any]]:
+    """One record per finished (variant, seed): anchors, steps, seconds, val and test metrics, congruence."""
+    from facerco.train.compare import run_compare
     from facerco.utils.io import read_json
 
-    done = []
-    for seed in seeds:
-        ok = True
-        for name in names:
-            path = out / "runs" / name / f"seed{seed}" / "summary.json"
-            summary = read_json(path) if path.is_file() else {}
-            ok &= bool(summary) and summary.get("step") == summary.get("total_steps")
-        if ok:
-            done.append(seed)
-    return done
+    if not seeds:
+        return []
+    by_name = {v.name: v for v in variants}
+
+    def reuse(cfg: Any, **_: Any) -> None:  # run_compare calls it for runs stopped at train.max_steps
+        if not run_finished(Path(cfg.train.output), cfg):
+            raise RuntimeError(f"{cfg.train.output}: unfinished run reached the table")
+
+    table = run_compare(variants, seeds, Path(args.out) / "runs", runner=reuse, validator_factory=lambda _cfg: None,
+                        metric=ENDPOINT)
+    runs = []
+    for rec in table["runs"]:
+        run_dir = Path(rec["run_dir"])
+        summary = read_json(run_dir / "summary.json")
+        free = teacher_free(by_name[rec["variant"]].cfg)
+        runs.append({"variant": rec["variant"], "seed": rec["seed"], "anchors": [] if free else rec["anchors"],
+                     "steps": summary["step"], "total_steps": summary["total_steps"], "seconds": rec["seconds"],
+                     "congruence_final": rec["congruence"], "val": rec["val"],
+                     "test": test_metrics(run_dir, evaluators["test"], eval_setting(args))})
+    return runs
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Table, verdict, plot
+# Gate, analysis, table and plot
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    if not vals:
-        return math.nan, math.nan
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+def role(variant: str) -> str:
+    if variant == REFERENCE:
+        return "reference"
+    if variant in CONTROLS:
+        return "control"
+    return "primary" if variant in ROUTE_STRATEGIES else "baseline"
 
 
-def summarize(runs: Sequence[dict[str, Any]], names: Sequence[str],
-              anchors: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
-    """Per variant: mean ± std of every metric, paired differences to mimic_final, seeds where it is ahead.
-
-    ``anchors`` (variant -> anchors followed) overrides the runs' plans, e.g. none for the teacher-free scratch.
-    """
-    keys = [k for k, _ in METRICS]
-    ref = {r["seed"]: r["val"] for r in runs if r["variant"] == REFERENCE}
-    rows = []
-    for name in names:
-        mine = [r for r in runs if r["variant"] == name]
-        followed = anchors[name] if anchors and name in anchors else (mine[0]["anchors"] if mine else [])
-        row: dict[str, Any] = {"variant": name, "n": len(mine), "anchors": followed,
-                               "seconds": mean_std([r["seconds"] for r in mine]),
-                               "congruence_final": mean_std([r["congruence"] for r in mine])}
-        for k in keys:
-            row[k] = mean_std([r["val"].get(k, math.nan) for r in mine])
-            if ref and name != REFERENCE:
-                diffs = [r["val"][k] - ref[r["seed"]][k] for r in mine if r["seed"] in ref and k in r["val"]]
-                row[f"delta/{k}"] = mean_std(diffs)
-                row[f"wins/{k}"] = [int(sum(d > 0 for d in diffs)), len(diffs)]
-                row[f"test/{k}"] = paired_test(diffs)
-        rows.append(row)
-    return rows
+def pilot_gate(runs: Sequence[dict[str, Any]], teacher_val: dict[str, float], pilot_seed: int, need_gap: float,
+               need_mimic: float) -> dict[str, Any]:
+    """The pre-registered gate on the pilot seed: validation rank-1 only (pairs accuracy recorded beside it)."""
+    pilot = {r["variant"]: r["val"] for r in runs if r["seed"] == pilot_seed}
+    scratch, mimic = pilot.get("scratch", {}), pilot.get(REFERENCE, {})
+    gap = teacher_val.get(ENDPOINT, math.nan) - scratch.get(ENDPOINT, math.nan)
+    gain = mimic.get(ENDPOINT, math.nan) - scratch.get(ENDPOINT, math.nan)
+    passed = gap >= need_gap / 100 and gain >= need_mimic / 100
+    return {"seed": pilot_seed, "metric": f"validation {ENDPOINT}",
+            "teacher_val": teacher_val.get(ENDPOINT), "scratch_val": scratch.get(ENDPOINT),
+            "mimic_final_val": mimic.get(ENDPOINT), "teacher_minus_scratch": gap, "mimic_minus_scratch": gain,
+            "pairs_acc": {"teacher": teacher_val.get("pairs_acc"), "scratch": scratch.get("pairs_acc"),
+                          REFERENCE: mimic.get("pairs_acc")},
+            "required": {"teacher_minus_scratch": need_gap / 100, "mimic_minus_scratch": need_mimic / 100},
+            "passed": bool(passed)}
 
 
-def _pct(ms: Sequence[float], digits: int = 2) -> str:
-    mean, std = ms
-    return "–" if math.isnan(mean) else f"{100 * mean:.{digits}f} ± {100 * std:.{digits}f}"
+def _row(variant: str, runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std of every reported number of one variant's runs."""
+    row: dict[str, Any] = {"variant": variant, "role": role(variant), "n": len(runs),
+                           "anchors": runs[0]["anchors"] if runs else [],
+                           "congruence_final": _study.mean_std([r["congruence_final"] for r in runs]),
+                           "seconds": _study.mean_std([r["seconds"] for r in runs])}
+    for split in SPLITS:
+        for key, _ in METRICS:
+            row[f"{split}/{key}"] = _study.mean_std([r[split].get(key, math.nan) for r in runs])
+    return row
 
 
-def _signed(ms: Sequence[float]) -> str:
-    mean, std = ms
-    return "–" if math.isnan(mean) else f"{100 * mean:+.2f} ± {100 * std:.2f}"
+def summarize(runs: Sequence[dict[str, Any]], variants: Sequence[str], counted: Sequence[int]) -> dict[str, Any]:
+    """Rows (mean ± std per variant over ``counted``) and the pre-registered analysis of test rank-1."""
+    mine = [r for r in runs if r["seed"] in set(counted)]
+    rows = [_row(v, [r for r in mine if r["variant"] == v]) for v in variants]
+    values = {v: {r["seed"]: r["test"][ENDPOINT] for r in mine if r["variant"] == v} for v in variants}
+    analysis = _study.analyse(values, REFERENCE, [v for v in variants if role(v) == "primary"],
+                              [v for v in variants if role(v) == "control"], min_gain=MIN_GAIN)
+    return {"endpoint": f"test {ENDPOINT}", "rows": rows, "analysis": analysis}
 
 
-def paired_test(diffs: Sequence[float]) -> tuple[float, float]:
-    """(t, two-sided p) of the one-sample t-test of paired differences against 0; nan when it is undefined."""
-    vals = [float(d) for d in diffs if not math.isnan(float(d))]
-    if len(vals) < 2 or statistics.stdev(vals) == 0:
-        return math.nan, math.nan
-    from scipy import stats
-
-    res = stats.ttest_1samp(vals, 0.0)
-    return float(res.statistic), float(res.pvalue)
+def _anchors_text(anchors: Sequence[str]) -> str:
+    short = [re.sub(r"epoch_0*(\d)", r"ep\1", a) for a in anchors]
+    if len(short) > 6:
+        short = [*short[:2], "…", *short[-2:]]
+    return " → ".join(short) or "–"
 
 
-def verdict(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """One sentence per RCO variant: ahead of / behind mimic-final on each metric, with paired evidence.
+def _pct(ms: Sequence[float]) -> str:
+    return "–" if math.isnan(ms[0]) else f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"
 
-    "ahead"/"behind" needs a paired t-test p < 0.05 (with 3 seeds that is |t| > 4.3); otherwise "no clear
-    difference", whatever the sign of the mean.
-    """
-    lines = []
-    for row in rows:
-        if row["variant"] not in RCO_VARIANTS or f"delta/{METRICS[0][0]}" not in row:
-            continue
-        parts = []
-        for key, title in METRICS[:3]:
-            mean, _ = row[f"delta/{key}"]
-            wins, n = row[f"wins/{key}"]
-            if math.isnan(mean):
-                continue
-            t, pval = row.get(f"test/{key}", (math.nan, math.nan))
-            clear = not math.isnan(pval) and pval < 0.05
-            word = ("ahead" if mean > 0 else "behind") if clear else "no clear difference"
-            ptxt = "" if math.isnan(pval) else f", p={pval:.2f}"
-            parts.append(f"{title.split(' %')[0]} {100 * mean:+.2f} ({word}{ptxt}; ahead on {wins}/{n} seeds)")
-        lines.append(f"- {row['variant']} vs mimic_final: " + "; ".join(parts))
+
+def _route_lines(route: dict[str, Any]) -> list[str]:
+    lines = ["| teacher point | lr | val rank-1 % | val pairs acc % | route's own val |", "|---|---|---|---|---|"]
+    for p in route["points"]:
+        own = ", ".join(f"{k} {100 * v:.2f}" for k, v in p["route_val"].items() if k.endswith("accuracy")) or "–"
+        lines.append(f"| {p['name']}{' (final)' if p['name'] == route['final'] else ''} | {p['lr']:.4g} | "
+                     f"{100 * p['val']['rank1']:.2f} | {100 * p['val']['pairs_acc']:.2f} | {own} |")
     return lines
 
 
 def format_markdown(result: dict[str, Any]) -> str:
-    rows, teacher = result["rows"], result["teacher"]
-    head = ["student", "anchors", *[t for _, t in METRICS], "Δ acc vs mimic_final", "Δ rank-1 vs mimic_final",
-            "congruence to final", "s / run"]
-    lines = [f"Seeds {result['seeds']} · student {result['student']} · {result['epochs']} epochs at "
-             f"{result['image_size']}x{result['image_size']} · teacher {result['teacher_run']} "
-             f"(final {teacher.get('final', '?')}) · {result['counts']['probes']} probes of "
-             f"{result['counts']['probe_identities']} identities, {result['counts']['distractors']} distractors, "
-             f"{result['counts']['heldout_pairs']} held-out pairs.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        cells = [row["variant"], " → ".join(a.replace("epoch_", "ep") for a in row["anchors"]) or "–"]
-        cells += [_pct(row[k]) for k, _ in METRICS]
-        for k in (METRICS[0][0], METRICS[1][0]):
-            d = row.get(f"delta/{k}")
-            cells.append(_signed(d) if d else "–")
-        cells += [f"{row['congruence_final'][0]:.4f}", f"{row['seconds'][0]:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    for point in teacher.get("points", []):
-        cells = [f"teacher {point['name']}" + (" (final)" if point["name"] == teacher.get("final") else ""), "–"]
-        cells += [("–" if k not in point["val"] else f"{100 * point['val'][k]:.2f}") for k, _ in METRICS]
-        cells += ["", "", "", ""]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Paired Δ = student − mimic_final of the same seed (mean ± std over seeds), in points.",
-              "Verdict (ahead/behind = paired t-test over seeds, two-sided p < 0.05):", *verdict(rows)]
+    route, gate, summary, counts = result["route"], result["gate"], result["summary"], result["counts"]
+    comps = summary["analysis"]["comparisons"]
+    final_test = next(p["test"] for p in route["points"] if p["name"] == route["final"])
+    lines = [f"LFW split: {counts['train']['identities']} train identities ({counts['train']['images']} images) · "
+             f"validation {counts['val']['probe_identities']} people ({counts['val']['probes']} probes), "
+             f"{counts['val']['distractors']} distractors, {counts['val']['pairs']} pairs · test "
+             f"{counts['test']['probe_identities']} people ({counts['test']['probes']} probes), "
+             f"{counts['test']['distractors']} distractors, {counts['test']['pairs']} pairs · teacher "
+             f"{route['arch']} ({route['params']} params, test rank-1 {100 * final_test['rank1']:.2f} %) · student "
+             f"{result['student']} ({result['student_params']} params, {result['epochs']:g} epochs at "
+             f"{result['image_size']} px, the teacher's lr drops{result['multi_stage_note']}) · "
+             + (f"counted seeds {result['counted_seeds']}" if result["counted_seeds"]
+                else f"PILOT SEED {result['table_seeds']} ONLY (no counted seeds)"), "",
+             *_route_lines(route), "",
+             f"Pilot gate (seed {gate['seed']}, validation rank-1): teacher − scratch "
+             f"{100 * gate['teacher_minus_scratch']:+.2f} (need ≥ "
+             f"{100 * gate['required']['teacher_minus_scratch']:.1f}), mimic_final − scratch "
+             f"{100 * gate['mimic_minus_scratch']:+.2f} (need ≥ {100 * gate['required']['mimic_minus_scratch']:.1f})"
+             f": **{'passed' if gate['passed'] else 'FAILED'}**"
+             + ("" if gate["passed"] or result["counted_seeds"] else " — the counted seeds were not run"), "",
+             "| student | role | anchors | test rank-1 % | Δ vs mimic_final (95 % CI) | seeds ahead | "
+             "test pairs acc % | test TAR@FAR=1e-3 % (1:N) | val rank-1 % | val pairs acc % | congruence to final "
+             "| s / run |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        c = comps.get(r["variant"])
+        delta = (f"{100 * c['mean']:+.2f} ({100 * c['ci95'][0]:+.2f} … {100 * c['ci95'][1]:+.2f})"
+                 if c and not math.isnan(c["mean"]) else "–")
+        ahead = f"{c['wins']}/{c['n']}" if c else "–"
+        cong = "–" if math.isnan(r["congruence_final"][0]) else f"{r['congruence_final'][0]:.4f}"
+        secs = "–" if math.isnan(r["seconds"][0]) else f"{r['seconds'][0]:.0f}"
+        lines.append(f"| {r['variant']} | {r['role']} | {_anchors_text(r['anchors'])} | {_pct(r['test/rank1'])} | "
+                     f"{delta} | {ahead} | {_pct(r['test/pairs_acc'])} | {_pct(r['test/tar_far1e-3'])} | "
+                     f"{_pct(r['val/rank1'])} | {_pct(r['val/pairs_acc'])} | {cong} | {secs} |")
+    lines += ["", "Δ = test rank-1 − mimic_final's of the same seed. Verdicts by the pre-registered rule (primary "
+              "family, Holm-adjusted one-sided paired t-test; gain ≥ +0.2 point; ahead on ≥ 80 % of seeds and of "
+              "every control):"]
+    lines += _study.verdict_lines(summary["analysis"]) or ["- (no primary variant)"]
     return "\n".join(lines) + "\n"
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
-    """Bars (mean ± std) with per-seed dots per metric; dashed line: the final teacher."""
+    """Left: the teacher's route on validation rank-1 with the students'; right: paired test Δ per variant."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -439,32 +586,29 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 
     from facerco.utils.io import atomic_path
 
-    rows = result["rows"]
-    final = next((p for p in result["teacher"].get("points", []) if p["name"] == result["teacher"].get("final")), None)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    x = np.arange(len(rows))
-    for ax, (key, title) in zip(axes, METRICS[:3], strict=True):
-        means = [100 * r[key][0] for r in rows]
-        stds = [100 * r[key][1] for r in rows]
-        colors = ["0.6" if r["variant"] in ("scratch",) else ("C0" if r["variant"] in RCO_VARIANTS else "C1")
-                  for r in rows]
-        ax.bar(x, means, yerr=stds, color=colors, capsize=3, alpha=0.8)
-        for i, r in enumerate(rows):
-            vals = [100 * run["val"][key] for run in result["runs"] if run["variant"] == r["variant"]
-                    and key in run["val"]]
-            ax.scatter([i] * len(vals), vals, color="k", s=8, zorder=3)
-        if final is not None and key in final["val"]:
-            ax.axhline(100 * final["val"][key], ls="--", color="C3", label="final teacher")
-            ax.legend(loc="lower right", fontsize=7)
-        finite = [m - s for m, s in zip(means, stds, strict=True) if not math.isnan(m)]
-        if finite:
-            top = max([m + s for m, s in zip(means, stds, strict=True) if not math.isnan(m)]
-                      + ([100 * final["val"][key]] if final is not None and key in final["val"] else []))
-            ax.set_ylim(max(0.0, min(finite) - 3), top + 2)
-        ax.set_xticks(x, [r["variant"] for r in rows], rotation=35, ha="right", fontsize=8)
-        ax.set_title(title, fontsize=9)
-    fig.suptitle(f"LFW RCO study: {result['student']}, {result['epochs']} epochs, seeds {result['seeds']}",
-                 fontsize=10)
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(13, 4))
+    route = result["route"]["points"]
+    ax0.plot([p["epoch"] for p in route], [100 * p["val"]["rank1"] for p in route], marker="o",
+             label="teacher route (validation)")
+    for i, r in enumerate(x for x in result["summary"]["rows"] if x["variant"] in ("scratch", REFERENCE)):
+        if not math.isnan(r["val/rank1"][0]):
+            ax0.axhline(100 * r["val/rank1"][0], ls="--", color=f"C{i + 1}", label=f"{r['variant']} (validation)")
+    ax0.set_xlabel("teacher epoch")
+    ax0.set_ylabel("1:N rank-1 %")
+    ax0.legend(fontsize=7)
+    counted = set(result["table_seeds"])
+    ref = {r["seed"]: r["test"][ENDPOINT] for r in result["runs"] if r["variant"] == REFERENCE}
+    names = [v for v in result["variants"] if v not in ("scratch", REFERENCE)]
+    for i, v in enumerate(names):
+        diffs = [100 * (r["test"][ENDPOINT] - ref[r["seed"]]) for r in result["runs"]
+                 if r["variant"] == v and r["seed"] in ref and r["seed"] in counted]
+        ax1.scatter([i] * len(diffs), diffs, s=10, color="C0" if role(v) == "primary" else "C1")
+        if diffs:
+            ax1.errorbar([i], [np.mean(diffs)], yerr=[np.std(diffs, ddof=1) if len(diffs) > 1 else 0], fmt="_",
+                         color="k", capsize=4)
+    ax1.axhline(0, color="0.5", lw=0.8)
+    ax1.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax1.set_ylabel(f"test rank-1 − {REFERENCE} (points, paired by seed)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -472,68 +616,42 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def evaluate_route(teacher_run: Path, evaluator: LFWEvaluator, cache_file: Path, which: str) -> dict[str, Any]:
-    """Metrics of the teacher's route points (``which``: all / final / none), cached in ``cache_file``."""
-    from facerco.route.anchors import route_points
-    from facerco.route.io import load_route
-    from facerco.utils.io import read_json, write_json
+def build_result(args: argparse.Namespace, variants: Sequence[Any], route: dict[str, Any], gate: dict[str, Any],
+                 runs: list[dict[str, Any]], counted: list[int], pilot: list[int],
+                 evaluators: dict[str, SplitEvaluator], seconds: float) -> dict[str, Any]:
+    """Everything the table and a recomputation need (JSON-ready)."""
+    from facerco.data.lfw_split import read_split
+    from facerco.train.student import build_student
 
-    route = load_route(teacher_run)
-    points = route_points(route)
-    final = points[-1].name
-    names = [] if which == "none" else ([final] if which == "final" else [p.name for p in points])
-    done = read_json(cache_file) if cache_file.is_file() else {}
-    out = []
-    for name in names:
-        sha = route.point(name).sha256
-        if done.get(name, {}).get("sha256") != sha:
-            start = time.time()
-            model = route.load_point(name, verify=True).model.eval()
-            with torch.no_grad():
-                done[name] = {"sha256": sha, "val": evaluator(model), "seconds": time.time() - start}
-            write_json(cache_file, done)
-        out.append({"name": name, "val": done[name]["val"]})
-    return {"final": final, "points": out}
-
-
-def aggregate(args: argparse.Namespace, evaluator: LFWEvaluator | None = None) -> dict[str, Any]:
-    """Table over the seeds finished by every variant (run_compare reuses the runs and adds the congruence)."""
-    from facerco.train.compare import run_compare
-    from facerco.utils.io import write_json
-
-    out = Path(args.out)
-    seeds = finished_seeds(out, args.variants, args.seeds)
-    if not seeds:
-        raise RuntimeError(f"{out}/runs: no seed has finished for every variant {list(args.variants)}")
-    data = Path(args.data)
-    cache = out / "cache" if not args.online else None
-    variants = make_variants(args, data, cache)
-
-    def refuse(cfg: Any, **_: Any) -> None:
-        raise RuntimeError(f"{cfg.train.output}: unfinished run reached the aggregation step")
-
-    table = run_compare(variants, seeds, out / "runs", runner=refuse, validator_factory=lambda _cfg: None,
-                        metric=METRICS[0][0])
-    runs = [dict(r) for r in table["runs"]]
-    evaluator = evaluator or LFWEvaluator(data, args.image_size, flip=args.eval_flip)
-    teacher = evaluate_route(Path(args.teacher_run), evaluator, out / "teacher_eval.json", args.teacher_eval)
     cfg = variants[0].cfg
-    result = {
-        "benchmark": "rco_lfw", "seeds": seeds, "seeds_requested": list(args.seeds),
-        "variants": list(args.variants), "epochs": cfg.train.epochs, "image_size": cfg.data.image_size,
+    split = read_split(args.data)
+    multi = [v.name for v in variants if v.cfg.distill.schedule == "multi_stage"]
+    scaled = next((v.cfg.schedule for v in variants if v.name in multi), None)
+    return {
+        "benchmark": "rco_lfw", "seeds": list(args.seeds), "pilot_seed": args.pilot_seed, "counted_seeds": counted,
+        "table_seeds": counted or pilot, "variants": list(args.variants), "gate": gate,
+        "roles": {v: role(v) for v in args.variants}, "endpoint": f"test {ENDPOINT}", "min_gain": MIN_GAIN,
+        "counts": {"train": {"identities": len(split["train"]), "images": split["counts"]["train_images"]},
+                   **{s: e.counts for s, e in evaluators.items()}},
         "student": f"{cfg.model.name} (width {cfg.model.width_mult}, {cfg.model.embedding_size}-d)",
-        "batch_size": cfg.train.batch_size, "teacher_run": str(args.teacher_run), "counts": evaluator.counts,
-        "anchor_targets": "online teacher" if args.online else "anchor-feature cache",
-        "rows": summarize(runs, args.variants, {r["variant"]: list(r["anchors"]) for r in table["rows"]}),
-        "runs": runs, "teacher": teacher,
+        "student_params": int(sum(p.numel() for p in build_student(cfg).parameters())),
+        "epochs": cfg.train.epochs, "image_size": cfg.data.image_size, "batch_size": cfg.train.batch_size,
+        "schedule": {"warmup_epochs": cfg.schedule.warmup_epochs, "decay": cfg.schedule.decay,
+                     "milestones": list(cfg.schedule.milestones)},
+        "multi_stage_schedule": ({"variants": multi, "warmup_epochs": scaled.warmup_epochs,
+                                  "milestones": list(scaled.milestones)} if scaled else None),
+        "multi_stage_note": (f"; multi-stage stages restart it scaled: warm-up {scaled.warmup_epochs:g}, drops "
+                             f"after {list(scaled.milestones)} epochs of each stage") if scaled else "",
+        "distill": {"mimic_weight": cfg.distill.mimic_weight, "mimic_type": cfg.distill.mimic_type,
+                    "arcface_weight": cfg.distill.arcface_weight, "num_anchors": cfg.distill.num_anchors,
+                    "final_share": cfg.distill.final_share},
+        "teacher_run": str(args.teacher_run), "anchor_targets": "online teacher" if args.online else "anchor cache",
+        "eval_flip": args.eval_flip, "route": route, "summary": summarize(runs, args.variants, counted or pilot),
+        "runs": runs, "seconds_total": seconds,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "jobs": args.jobs, "threads_per_job": args.threads},
-        "command": "python benchmarks/rco_lfw.py " + " ".join(getattr(args, "argv", [])),
+        "command": "python benchmarks/rco_lfw.py " + " ".join(args.argv),
     }
-    write_json(out / "rco_lfw.json", result)
-    (out / "rco_lfw.md").write_text(format_markdown(result), encoding="utf-8")
-    plot(result, out / "rco_lfw.png")
-    return result
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -542,67 +660,107 @@ def aggregate(args: argparse.Namespace, evaluator: LFWEvaluator | None = None) -
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from facerco.train.compare import VARIANTS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="runs/lfw_cpu_data", help="prepared split (facerco.data.lfw_split)")
     parser.add_argument("--lfw", default=os.environ.get("FACERCO_REAL_DATA", str(ROOT.parent / "shared" / "data"))
                         + "/lfw_deepfunneled", help="LFW deep-funneled folder (to prepare --data when missing)")
-    parser.add_argument("--teacher-run", default="runs/teacher_lfw_cpu", help="teacher run dir (reused if complete)")
-    parser.add_argument("--teacher-config", default="configs/teacher/lfw_cpu.yaml")
+    parser.add_argument("--teacher-run", default="runs/teacher_lfw_study", help="teacher run (reused if complete)")
+    parser.add_argument("--teacher-config", default="configs/teacher/lfw_cpu_study.yaml")
     parser.add_argument("--teacher-set", nargs="*", default=[], help="dotted teacher overrides (when trained here)")
-    parser.add_argument("--config-dir", default="configs/student")
-    parser.add_argument("--config-prefix", default="lfw_cpu_", help="student configs: DIR/PREFIX<variant>.yaml")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANT_NAMES), choices=VARIANT_NAMES)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=float, default=4.0, help="student budget in epochs (0: the configs')")
-    parser.add_argument("--image-size", type=int, default=48, help="network input side (the teacher's)")
+    parser.add_argument("--config", default="configs/student/_lfw_study_base.yaml", help="base student config")
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(6)),
+                        help="student seeds; the --pilot-seed among them is the gate's and is not counted")
+    parser.add_argument("--pilot-seed", type=int, default=0)
+    parser.add_argument("--gate-gap", type=float, default=4.0,
+                        help="points: teacher − scratch needed (validation rank-1)")
+    parser.add_argument("--gate-mimic", type=float, default=0.5,
+                        help="points: mimic_final − scratch needed (validation rank-1)")
+    parser.add_argument("--ignore-gate", action="store_true", help="run the counted seeds even if the gate fails")
+    parser.add_argument("--epochs", type=float, default=0.0, help="student budget in epochs (0: the config's)")
+    parser.add_argument("--image-size", type=int, default=32, help="network input side (the teacher's)")
     parser.add_argument("--set", nargs="*", default=[], help="extra dotted student overrides, e.g. train.max_steps=5")
     parser.add_argument("--online", action="store_true", help="run anchors online instead of the feature cache")
     parser.add_argument("--jobs", type=int, default=1, help="training processes (variants split between them)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--teacher-eval", choices=["all", "final", "none"], default="all",
-                        help="which teacher route points get the student metrics too")
+    parser.add_argument("--teacher-eval", choices=["all", "final"], default="all",
+                        help="teacher route points evaluated on validation (the final one is always, test too)")
     parser.add_argument("--eval-flip", action="store_true", help="flip-fused embeddings in evaluation (2x cost)")
     parser.add_argument("--aggregate-only", action="store_true", help="only build the table from finished runs")
     parser.add_argument("--out", default="bench_out/rco_lfw")
     parser.add_argument("--worker-variants", nargs="+", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-seeds", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for needed in ("scratch", REFERENCE):
+        if needed not in args.variants:
+            parser.error(f"--variants must include {needed} (the gate and the reference need it)")
+    if len(set(args.variants)) != len(args.variants):
+        parser.error("--variants lists a variant twice")
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be >= 1")
-    if REFERENCE not in args.variants:
-        parser.error(f"--variants must include {REFERENCE} (the reference of the paired differences)")
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    args.argv = [a for a in argv]
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.worker_variants:
-        train_group(args, args.worker_variants)
-        return 0
+def run_study(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """Prepare, train the pilot, gate, train the counted seeds (or only tabulate), write JSON/Markdown/PNG."""
+    from facerco.utils.io import write_json
+
     start = time.time()
-    data = Path(args.data)
+    data, out = Path(args.data), Path(args.out)
     if not args.aggregate_only:
         ensure_data(data, Path(args.lfw))
         teacher_s = ensure_teacher(Path(args.teacher_run), Path(args.teacher_config), data, args.teacher_set)
         if not args.online:
             ensure_cache(Path(args.teacher_run), MemoryFolder(data / "train", args.image_size), out / "cache",
                          args.image_size)
-        procs = launch_workers(args, argv)
-        if procs:  # the teacher's route is evaluated while the workers train
-            evaluator = LFWEvaluator(data, args.image_size, flip=args.eval_flip)
-            evaluate_route(Path(args.teacher_run), evaluator, out / "teacher_eval.json", args.teacher_eval)
-            wait_workers(procs, out)
-        else:
-            train_group(args, args.variants)
-        print(f"rco_lfw: students done after {time.time() - start:.0f} s (teacher {teacher_s:.0f} s)", flush=True)
-    result = aggregate(args)
+        print(f"rco_lfw: data, teacher ({teacher_s:.0f} s here) and anchor cache ready", flush=True)
+    variants = make_variants(args)
+    evaluators = open_evaluators(data, args.image_size, args.eval_flip)
+    route = evaluate_route(args, evaluators)
+    pilot = [s for s in args.seeds if s == args.pilot_seed]
+    counted = [s for s in args.seeds if s != args.pilot_seed]
+    if not args.aggregate_only:
+        train_seeds(args, argv, pilot)
+    pilot_done = finished_seeds(args, variants, pilot)
+    final_val = next(p["val"] for p in route["points"] if p["name"] == route["final"])
+    gate = pilot_gate(collect(args, variants, pilot_done, evaluators), final_val, args.pilot_seed, args.gate_gap,
+                      args.gate_mimic)
+    print(f"rco_lfw: pilot gate (validation rank-1): teacher − scratch {100 * gate['teacher_minus_scratch']:+.2f}, "
+          f"mimic_final − scratch {100 * gate['mimic_minus_scratch']:+.2f} points: "
+          f"{'passed' if gate['passed'] else 'FAILED'}", flush=True)
+    go = bool(counted) and (gate["passed"] or args.ignore_gate)
+    if go and not args.aggregate_only:
+        train_seeds(args, argv, counted)
+    counted_done = finished_seeds(args, variants, counted) if go else []
+    if not pilot_done and not counted_done:
+        raise RuntimeError(f"{out}/runs: no seed of {list(args.seeds)} has finished for every variant "
+                           f"{list(args.variants)}")
+    runs = collect(args, variants, [*pilot_done, *counted_done], evaluators)
+    result = build_result(args, variants, route, gate, runs, counted_done, pilot_done, evaluators, time.time() - start)
+    write_json(out / "rco_lfw.json", result)
+    (out / "rco_lfw.md").write_text(format_markdown(result), encoding="utf-8")
+    plot(result, out / "rco_lfw.png")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    args.argv = list(argv)
+    # with workers the main process never trains: it builds the cache and evaluates while they are idle
+    torch.set_num_threads(args.threads * (args.jobs if args.jobs > 1 and not args.worker_variants else 1))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.worker_variants:
+        train_group(args, args.worker_variants, args.worker_seeds or args.seeds)
+        return 0
+    start = time.time()
+    run_study(args, argv)
     print((out / "rco_lfw.md").read_text(encoding="utf-8"), end="")
     print(f"rco_lfw: {time.time() - start:.0f} s; written {out}/rco_lfw.json, .md, .png", flush=True)
-    return 0 if result["rows"] else 1
+    return 0
 
 
 if __name__ == "__main__":

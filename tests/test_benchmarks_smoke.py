@@ -131,48 +131,94 @@ def _face(rng: np.random.Generator, ident: int) -> np.ndarray:
 
 
 def _fake_split(root: Path) -> None:
-    """An LFW-shaped prepared split: train/ (6 ids x 4), eval/ (4 test ids x 3 + 6 singletons), pairs, split.json."""
-    from facerco.data.lfw_split import LFWPair, LFWSplit, format_pairs
+    """An LFW-shaped prepared split (format version 2): train/ (6 ids x 4); val/ (3 validation ids x 3 + 4
+    validation singletons) with pairs_val.txt; eval/ (4 test ids x 3 + 6 test singletons) with pairs_heldout.txt."""
+    from facerco.data.lfw_split import SPLIT_VERSION, LFWPair, LFWSplit, format_pairs
     from facerco.utils.io import write_json
 
     rng = np.random.default_rng(0)
     train = [f"Train_{k}" for k in range(6)]
-    test = [f"Test_{k}" for k in range(4)]
-    distractors = [f"Single_{k}" for k in range(6)]
-    for folder, names, count, offset in (("train", train, 4, 0), ("eval", test, 3, 10), ("eval", distractors, 1, 20)):
+    val, val_single = [f"Val_{k}" for k in range(3)], [f"ValSingle_{k}" for k in range(4)]
+    test, single = [f"Test_{k}" for k in range(4)], [f"Single_{k}" for k in range(6)]
+    layout = (("train", train, 4, 0), ("val", val, 3, 30), ("val", val_single, 1, 40), ("eval", test, 3, 10),
+              ("eval", single, 1, 20))
+    for folder, names, count, offset in layout:
         for k, name in enumerate(names):
             (root / folder / name).mkdir(parents=True)
             for i in range(count):
                 cv2.imwrite(str(root / folder / name / f"{name}_{i + 1:04d}.jpg"), _face(rng, offset + k))
-    pairs = []
-    for fold in range(10):
-        a, b = test[fold % 4], test[(fold + 1) % 4]
-        pairs += [LFWPair(a, 1, a, 2 + fold % 2, True, fold), LFWPair(a, 3, b, 1, False, fold)]
-    split = LFWSplit(0, 6, train, test, distractors, pairs, 1)
-    (root / "pairs_heldout.txt").write_text(format_pairs(split))
-    write_json(root / "split.json", {"test": test, "distractors": distractors, "train": train})
+
+    def pairs(people: list[str], singles: list[str]) -> list[LFWPair]:
+        out = []
+        for fold in range(10):
+            a, b = people[fold % len(people)], singles[fold % len(singles)]
+            out += [LFWPair(a, 1, a, 2 + fold % 2, True, fold), LFWPair(a, 3, b, 1, False, fold)]
+        return out
+
+    split = LFWSplit(0, 6, train, test, single, pairs(test, single), 1, val=val, val_distractors=val_single,
+                     val_pairs=pairs(val, val_single), val_pairs_per_set=1, val_pairs_source="generated")
+    (root / "pairs_heldout.txt").write_text(format_pairs(split, "test"))
+    (root / "pairs_val.txt").write_text(format_pairs(split, "val"))
+    write_json(root / "split.json", {"format_version": SPLIT_VERSION, "counts": {"train_images": 24},
+                                     "train": train, "val": val, "val_distractors": val_single, "test": test,
+                                     "test_distractors": single, "distractors": single})
+
+
+def _lfw_run(variant: str, seed: int, test_rank1: float, val_rank1: float) -> dict:
+    return {"variant": variant, "seed": seed, "anchors": [] if variant == "scratch" else ["epoch_004"],
+            "steps": 12, "total_steps": 12, "seconds": 2.0, "congruence_final": 0.01 * (seed + 1),
+            "val": {"rank1": val_rank1, "pairs_acc": 0.7, "tar_far1e-3": 0.2},
+            "test": {"rank1": test_rank1, "pairs_acc": 0.6, "tar_far1e-3": 0.1}}
 
 
 def test_lfw_summary_and_verdict_known_answer() -> None:
-    def run(variant: str, seed: int, acc: float, rank1: float) -> dict:
-        return {"variant": variant, "seed": seed, "anchors": [], "seconds": 1.0, "congruence": 0.1,
-                "val": {"heldout_pairs/accuracy": acc, "megaface/rank1": rank1, "megaface/tar_far1e-3": 0.5,
-                        "heldout_pairs/tar_far1e-3": 0.5}}
-
-    runs = [run("mimic_final", s, 0.80, 0.10) for s in range(3)]
-    runs += [run("rco_eeis_one", 0, 0.810, 0.10), run("rco_eeis_one", 1, 0.811, 0.10),
-             run("rco_eeis_one", 2, 0.812, 0.10)]
-    rows = rco_lfw.summarize(runs, ["mimic_final", "rco_eeis_one"])
-    rco = rows[1]
-    assert rco["delta/heldout_pairs/accuracy"][0] == pytest.approx(0.011)
-    assert rco["wins/heldout_pairs/accuracy"] == [3, 3]
-    assert rco["wins/megaface/rank1"] == [0, 3]
-    t, p = rco["test/heldout_pairs/accuracy"]  # deltas 0.010, 0.011, 0.012: mean 0.011, sd 0.001, n 3
-    assert t == pytest.approx(0.011 / (0.001 / math.sqrt(3)))
-    assert p == pytest.approx(0.002743, abs=2e-5)  # two-sided, 2 d.f.: 1 - |t|/sqrt(2 + t^2)
-    text = " ".join(rco_lfw.verdict(rows))
-    assert "held-out pairs acc +1.10 (ahead, p=0.00; ahead on 3/3 seeds)" in text
-    assert "rank-1 +0.00 (no clear difference; ahead on 0/3 seeds)" in text
+    variants = ["scratch", "mimic_final", "early", "phase", "lockstep"]
+    runs = [_lfw_run("scratch", 0, 0.20, 0.30), _lfw_run("mimic_final", 0, 0.25, 0.31)]
+    for s in (1, 2, 3):  # phase: test rank-1 +1, +2, +3 points over mimic_final; lockstep: -1, 0, +1; early: 0
+        runs += [_lfw_run("scratch", s, 0.20, 0.30), _lfw_run("mimic_final", s, 0.50, 0.40),
+                 _lfw_run("early", s, 0.50, 0.40), _lfw_run("phase", s, 0.50 + 0.01 * s, 0.40),
+                 _lfw_run("lockstep", s, 0.49 + 0.01 * (s - 1), 0.40)]
+    summary = rco_lfw.summarize(runs, variants, [1, 2, 3])
+    rows = {r["variant"]: r for r in summary["rows"]}
+    assert [r["role"] for r in summary["rows"]] == ["baseline", "reference", "control", "primary", "primary"]
+    assert rows["phase"]["n"] == 3 and rows["phase"]["test/rank1"] == pytest.approx((0.52, 0.01))
+    assert rows["phase"]["congruence_final"] == pytest.approx((0.03, 0.01))
+    assert rows["scratch"]["anchors"] == [] and rows["phase"]["val/rank1"] == pytest.approx((0.40, 0.0))
+    a = summary["analysis"]
+    assert a["primary"] == ["phase", "lockstep"] and a["controls"] == ["early"]
+    c = a["comparisons"]["phase"]
+    assert c["mean"] == pytest.approx(0.02) and c["wins"] == 3 and c["seeds"] == [1, 2, 3]  # pilot not counted
+    t = 0.02 / (0.01 / math.sqrt(3))
+    assert c["p_t"] == pytest.approx(0.5 * (1 - t / math.sqrt(2 + t * t)), rel=1e-4)  # one-sided, 2 d.f.
+    assert c["p_holm"] == pytest.approx(2 * c["p_t"])  # the smaller of the two primary p-values, doubled
+    assert a["verdicts"]["phase"]["vs_controls"]["early"] == pytest.approx(0.02)
+    # p_t = 0.037, Holm over {phase, lockstep (p 0.5)} doubles it to 0.074: only the Holm check fails
+    assert a["verdicts"]["phase"]["checks"] == {"holm_p<alpha": False, "gain>=min": True, "wins>=share": True,
+                                                "ahead_of_controls": True}
+    assert a["comparisons"]["lockstep"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert not a["verdicts"]["lockstep"]["success"]
+    # the pilot gate reads validation rank-1 of seed 0 only: 0.40 - 0.30 = 10 points, 0.31 - 0.30 = 1 point
+    gate = rco_lfw.pilot_gate(runs, {"rank1": 0.40, "pairs_acc": 0.8}, 0, 4.0, 0.5)
+    assert gate["passed"] and gate["teacher_minus_scratch"] == pytest.approx(0.10)
+    assert gate["mimic_minus_scratch"] == pytest.approx(0.01) and gate["pairs_acc"]["teacher"] == 0.8
+    assert not rco_lfw.pilot_gate(runs, {"rank1": 0.33}, 0, 4.0, 0.5)["passed"]  # 3-point gap is too small
+    assert not rco_lfw.pilot_gate(runs, {"rank1": 0.40}, 0, 4.0, 2.0)["passed"]  # mimic gain under 2 points
+    assert not rco_lfw.pilot_gate(runs, {"rank1": 0.40}, 7, 4.0, 0.5)["passed"]  # no pilot runs: nan fails
+    route = {"final": "epoch_002", "arch": "iresnet_small", "params": 1000,
+             "points": [{"name": "epoch_001", "epoch": 1.0, "lr": 0.1, "route_val": {"pairs_val/accuracy": 0.7},
+                         "val": {"rank1": 0.3, "pairs_acc": 0.7}},
+                        {"name": "epoch_002", "epoch": 2.0, "lr": 0.01, "route_val": {},
+                         "val": {"rank1": 0.4, "pairs_acc": 0.8}, "test": {"rank1": 0.45}}]}
+    counts = {"probe_identities": 3, "probes": 9, "distractors": 4, "pairs": 20}
+    result = {"route": route, "gate": gate, "summary": summary, "student": "mobilefacenet", "student_params": 77,
+              "epochs": 4, "image_size": 32, "multi_stage_note": "", "counted_seeds": [1, 2, 3],
+              "table_seeds": [1, 2, 3], "counts": {"train": {"identities": 6, "images": 24}, "val": counts,
+                                                   "test": counts}}
+    md = rco_lfw.format_markdown(result)
+    assert "| phase | primary | ep4 | 52.00 ± 1.00 | +2.00 (" in md and "| 3/3 |" in md
+    assert "| epoch_002 (final) | 0.01 | 40.00 | 80.00 | – |" in md and "pairs_val/accuracy 70.00" in md
+    assert "Pilot gate (seed 0, validation rank-1): teacher − scratch +10.00" in md and "**passed**" in md
+    assert "- phase: Δ +2.00 points" in md and "teacher iresnet_small (1000 params, test rank-1 45.00 %)" in md
 
 
 @pytest.mark.slow
@@ -181,27 +227,51 @@ def test_rco_lfw_tiny_run(tmp_path: Path) -> None:
     _fake_split(data)
     out = tmp_path / "out"
     teacher = tmp_path / "teacher"
-    args = ["--data", str(data), "--teacher-run", str(teacher),
-            "--teacher-config", str(ROOT / "configs/teacher/lfw_cpu.yaml"),
-            "--teacher-set", "data.image_size=32", "train.epochs=2", "train.batch_size=8", "train.val_every_epochs=1",
-            "train.log_every=1", "train.progress=false", "train.tensorboard=false",
-            "--config-dir", str(ROOT / "configs/student"), "--image-size", "32", "--epochs", "2", "--seeds", "0",
-            "--set", "train.batch_size=8", "train.log_every=1", "distill.gss_probe_images=16",
-            "--teacher-eval", "final", "--out", str(out)]
-    assert rco_lfw.main(args) == 0
+    four_epochs = ["schedule.warmup_epochs=0", "schedule.milestones=[2,3]"]  # the study's route, shrunk: 3 phases
+    argv = ["--data", str(data), "--teacher-run", str(teacher),
+            "--teacher-set", "model.name=iresnet_tiny", "train.epochs=4", *four_epochs, "train.batch_size=8",
+            "train.log_every=1", "train.progress=false", "train.tensorboard=false", "train.checkpoint_every_steps=0",
+            "--epochs", "4", "--seeds", "0", "1", "--gate-gap", "-100", "--gate-mimic", "-100",
+            "--variants", "scratch", "mimic_final", "early", "rco_eeis_multi", "lockstep", "phase", "reverse",
+            "--set", "train.batch_size=8", "train.log_every=1", "distill.gss_probe_images=16", *four_epochs,
+            "--out", str(out)]
+    assert rco_lfw.main(argv) == 0
     result = json.loads((out / "rco_lfw.json").read_text())
-    assert [r["variant"] for r in result["rows"]] == list(rco_lfw.VARIANT_NAMES)
-    assert result["counts"] == {"eval_images": 18, "probes": 12, "probe_identities": 4, "distractors": 6,
-                                "heldout_pairs": 20}
-    by = {r["variant"]: r for r in result["runs"]}
-    assert by["mimic_final"]["anchors"] == ["epoch_002"] and by["mimic_best"]["anchors"] == ["epoch_001"]
-    assert by["rco_eeis_one"]["anchors"] == ["epoch_001", "epoch_002"]
+    assert result["counted_seeds"] == [1] and result["gate"]["passed"]
+    assert result["counts"]["val"] == {"images": 13, "probes": 9, "probe_identities": 3, "distractors": 4,
+                                       "pairs": 20}
+    assert result["counts"]["test"] == {"images": 18, "probes": 12, "probe_identities": 4, "distractors": 6,
+                                        "pairs": 20}
+    assert [p["name"] for p in result["route"]["points"]][-1] == "epoch_004"
+    assert [round(p["lr"], 6) for p in result["route"]["points"] if p["epoch"] > 0] == [0.1, 0.1, 0.01, 0.001]
+    by = {r["variant"]: r for r in result["runs"] if r["seed"] == 1}
+    assert by["scratch"]["anchors"] == [] and by["mimic_final"]["anchors"] == ["epoch_004"]
+    assert by["phase"]["anchors"] == ["epoch_002", "epoch_003", "epoch_004"]
+    assert by["lockstep"]["anchors"] == ["epoch_001", "epoch_002", "epoch_003", "epoch_004"]
+    assert by["reverse"]["anchors"] == ["epoch_004", "epoch_003", "epoch_002", "epoch_001"]
+    assert len(by["early"]["anchors"]) == 1 and by["early"]["anchors"][0] in ("epoch_001", "epoch_002")
+    assert result["multi_stage_schedule"] == {"variants": ["rco_eeis_multi"], "warmup_epochs": 0.0,
+                                              "milestones": [0.5, 0.75]}
+    assert result["roles"]["reverse"] == "control" and result["summary"]["analysis"]["controls"] == ["early",
+                                                                                                     "reverse"]
     for r in result["runs"]:
-        assert set(r["val"]) >= {k for k, _ in rco_lfw.METRICS}
-        assert all(0.0 <= r["val"][k] <= 1.0 for k, _ in rco_lfw.METRICS)
+        assert r["steps"] == 12 and r["congruence_final"] >= 0.0
+        assert all(0.0 <= r[s][k] <= 1.0 for s in ("val", "test") for k in ("rank1", "pairs_acc", "tar_far1e-3"))
     assert (out / "cache" / "manifest.json").is_file()  # students read anchor targets from the cache
-    assert result["teacher"]["points"][0]["name"] == "epoch_002"
-    assert "Verdict" in (out / "rco_lfw.md").read_text() and (out / "rco_lfw.png").stat().st_size > 0
+    md = (out / "rco_lfw.md").read_text()
+    assert "Pilot gate" in md and "Verdicts" in md and (out / "rco_lfw.png").stat().st_size > 0
+    # a rerun reuses the teacher, the cache and the students (same numbers); --aggregate-only tabulates the same
+    for extra in ([], ["--aggregate-only"]):
+        assert rco_lfw.main([*argv, *extra]) == 0
+        again = json.loads((out / "rco_lfw.json").read_text())
+        assert [r["test"] for r in again["runs"]] == [r["test"] for r in result["runs"]]
+    # a failed gate stops before the counted seeds and says so (seed 2 is never trained)
+    gated = [*argv[:argv.index("--seeds")], "--seeds", "0", "2", "--gate-gap", "100", *argv[argv.index("--variants"):]]
+    assert rco_lfw.main(gated) == 0
+    g = json.loads((out / "rco_lfw.json").read_text())
+    assert not g["gate"]["passed"] and g["counted_seeds"] == [] and {r["seed"] for r in g["runs"]} == {0}
+    assert not list((out / "runs").glob("*/seed2")) and "the counted seeds were not run" in (out / "rco_lfw.md"
+                                                                                             ).read_text()
 
 
 # ---------------------------------------------------------------------------------------------------------------
