@@ -512,7 +512,7 @@ def init_worker(args: argparse.Namespace, layout: Layout, deadline: float, threa
 
 
 def _alarm(signum: int, frame: Any) -> None:
-    raise TimeoutError("the run exceeded --job-limit-s")
+    raise TimeoutError("the run exceeded --job-limit-s or ran past the study's deadline")
 
 
 def run_job(variant: str, seed: int) -> dict[str, Any]:
@@ -533,7 +533,8 @@ def run_job(variant: str, seed: int) -> dict[str, Any]:
         return {**base, "error": "not started: the study's time budget ran out"}
     start = time.time()
     previous = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(max(1, int(w.args.job_limit_s)))
+    # past the study's deadline a run cannot count: stop it soon after, so the step still records what finished
+    signal.alarm(max(1, int(min(w.args.job_limit_s, w.deadline + 15 - start))))
     try:
         res = run_distill(student_config(w.args, w.layout, variant, seed), dataset=w.train, validator=w.val)
         student = load_model(res.student_path, device=w.device).model  # type: ignore[arg-type]
@@ -838,7 +839,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--ignore-gate", action="store_true", help="run the counted seeds even if the gate fails")
     g.add_argument("--workers", type=int, default=8, help="student processes at once")
     g.add_argument("--budget-s", type=float, default=300.0, help="students step: no new seed once it cannot fit")
-    g.add_argument("--job-limit-s", type=float, default=150.0, help="one student run's limit")
+    g.add_argument("--job-limit-s", type=float, default=240.0, help="one student run's limit")
     g.add_argument("--steps-json", default="", help="report: the shell's record of the steps so far")
     args = p.parse_args(argv)
     if args.pilot_seed not in args.seeds:

@@ -80,20 +80,20 @@ cat "$OUT_DIR/environment.txt"
 
 # --- sizes ---------------------------------------------------------------------------------------------------------
 if [ "$DRY" = 1 ]; then
-    BUDGET=${BUDGET:-240}
-    LIMITS=(60 120 60)  # data, teacher, report
+    BUDGET=${BUDGET:-600}  # a shared CPU is slow and uneven; the tiny steps need ~1-2 minutes
+    LIMITS=(120 300 120)  # data, teacher, report
     # 16 px is the smallest input both families take; iresnet18 is iresnet50's family and 512-d embedding (the same
     # projector and cache shapes) at a third of its CPU cost; --ignore-gate so the counted seed and the analysis run
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     SIZES=(--device cpu --amp off --dry-run --image-size 16 --teacher iresnet18 --train-ids 4 --images-per-id 4
            --val-ids 4 --val-distractors 6 --test-ids 4 --test-distractors 8 --eval-images-per-id 3 --epochs 4
-           --batch 8 --seeds 0 1 --workers 2 --render-workers 1 --job-limit-s 60 --ignore-gate)
+           --batch 8 --seeds 0 1 --workers 2 --render-workers 1 --job-limit-s 120 --ignore-gate)
 else
     BUDGET=${BUDGET:-480}
     LIMITS=(90 210 45)
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
         || { note "no CUDA GPU (use --dry-run on a CPU)"; exit 3; }
-    SIZES=(--device cuda --amp bf16 --job-limit-s 150)
+    SIZES=(--device cuda --amp bf16)
 fi
 COMMON=(--work "$WORK_DIR" --out "$OUT_DIR" "${SIZES[@]}" "${EXTRA[@]}")
 STUDY=(env PYTHONUNBUFFERED=1 "$PY" benchmarks/gpu_rco_study.py)
