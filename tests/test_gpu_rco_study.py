@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from argparse import Namespace
@@ -98,9 +99,16 @@ def _files_under(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
 
 
+@pytest.fixture
+def work_dir(tmp_path: Path):
+    """The dry run's big files (route checkpoints, resume checkpoints: ~0.4 GB), removed after the test."""
+    yield tmp_path / "work"
+    shutil.rmtree(tmp_path / "work", ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_dry_run_writes_the_study_json(tmp_path: Path) -> None:
-    out, work = tmp_path / "out", tmp_path / "work"
+def test_dry_run_writes_the_study_json(tmp_path: Path, work_dir: Path) -> None:
+    out, work = tmp_path / "out", work_dir
     env = dict(os.environ, OUT=str(out), WORK=str(work), PYTHON=sys.executable, OMP_NUM_THREADS="1")
     proc = subprocess.run(["bash", str(SCRIPT), "--dry-run"], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
