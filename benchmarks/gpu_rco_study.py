@@ -459,6 +459,21 @@ def build_anchor_cache(layout: Layout, train: DeviceFaces, device: torch.device,
     return time.time() - start
 
 
+def nonfinite_rows(cache: Path) -> dict[str, int]:
+    """Rows per anchor whose cached fp16 embedding overflowed (|x| > 65504 becomes inf, seen with 16-step teachers on
+    a CPU): a student following that anchor would stop on a NaN loss, so the record says which anchors they are."""
+    from facerco.utils.io import read_json
+
+    counts = {}
+    for name, entry in read_json(cache / "manifest.json")["anchors"].items():
+        bad = sum(int((~np.isfinite(np.load(cache / s["file"], mmap_mode="r"))).any(axis=(1, 2)).sum())
+                  for s in entry["shards"])
+        if bad:
+            counts[name] = bad
+            print(f"WARNING anchor cache {name}: {bad} rows are not finite (fp16 overflow)", flush=True)
+    return counts
+
+
 def probe_set(train: FaceArray) -> torch.Tensor:
     """The congruence probe images: the GSS probe set of the library (seeded, no flip)."""
     from facerco.train.student import probe_images
@@ -484,6 +499,7 @@ def teacher_step(args: argparse.Namespace, layout: Layout) -> dict[str, Any]:
                                else f"cpu ({platform.machine()}, {os.cpu_count()} cores)")
         write_json(summary_path, info)  # a rerun after a failed cache does not train again
     info["cache_seconds"] = build_anchor_cache(layout, train, device, precision)
+    info["cache_nonfinite_rows"] = nonfinite_rows(layout.cache)
     route = load_route(layout.teacher)
     final = route.load_point(route_points(route)[-1].name, verify=True).model.to(device)
     with atomic_path(layout.work / "teacher_probe.npy") as tmp, open(tmp, "wb") as handle:

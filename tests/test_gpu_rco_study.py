@@ -171,3 +171,15 @@ def test_dry_run_writes_the_study_json(tmp_path: Path, work_dir: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "gpu_rco_study.json").read_text())
     assert result["counted_seeds"] == [1] and result["not_launched_for_budget"] == [1, 2]
+
+
+def test_overflowed_cache_rows_are_counted_per_anchor(tmp_path: Path) -> None:
+    good = np.zeros((4, 2, 3), np.float16)
+    bad = good.copy()
+    bad[1, 1, 2], bad[3, 0, 0] = np.inf, np.nan
+    for name, arr in (("epoch_001", bad), ("epoch_002", good)):
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "shard_00000.npy", arr)
+    manifest = {"anchors": {n: {"shards": [{"file": f"{n}/shard_00000.npy"}]} for n in ("epoch_001", "epoch_002")}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert study.nonfinite_rows(tmp_path) == {"epoch_001": 2}
