@@ -97,3 +97,17 @@ def test_ensemble_from_the_cache_reads_every_member(teacher, tmp_path):
     build_cache(tmp_path / "cache", {n: (lambda n=n: route.load_point(n).model, route.point(n).sha256)
                                      for n in names}, open_train_dataset(cfg), shard_size=20, progress=False)
     assert run_distill(cfg).last_parts["mimic"] > 0
+
+
+def test_train_student_cli_runs_the_student_job(teacher, tmp_path, capsys):
+    from facerco.cli import main
+    from facerco.config import dump_config
+
+    faces, run = teacher
+    cfg = student_cfg(faces, run, tmp_path / "cli", strategy="phase")
+    cfg.train.epochs = 1.0
+    path = tmp_path / "student.yaml"
+    path.write_text(dump_config(cfg))
+    assert main(["train", "student", str(path)]) == 0
+    assert "done: step 6/6" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["anchors"] == ["epoch_002", "epoch_004"]

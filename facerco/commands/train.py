@@ -1,8 +1,8 @@
 """`facerco train JOB CONFIG [overrides]`: run a training job through the shared engine.
 
-Jobs are looked up in ``JOBS`` (name -> "module:function" taking a Config). ``student`` appears automatically
-once ``facerco.train.student.train_student`` exists, so the distillation area adds its job without editing this
-file. Launch with ``torchrun --nproc_per_node N -m facerco train teacher CONFIG`` for DDP.
+Jobs are looked up in ``JOBS`` (name -> "module:function" taking a Config); ``student`` is the student job
+(:func:`facerco.train.student.run_distill`, the same as `facerco distill`). Launch with
+``torchrun --nproc_per_node N -m facerco train teacher CONFIG`` for DDP.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ __all__ = ["JOBS", "register"]
 
 JOBS: dict[str, tuple[str, str]] = {
     "teacher": ("facerco.train.teacher:train_teacher", "train a margin-softmax teacher and record its route"),
-    "student": ("facerco.train.student:train_student", "distill a student along a teacher route (RCO)"),
+    "student": ("facerco.train.student:run_distill", "distill a student along a teacher route (RCO)"),
 }
 
 
@@ -37,7 +37,9 @@ def _run(args: argparse.Namespace) -> int:
     result = func(cfg)
     step = getattr(result, "step", None)
     if step is not None:
-        print(f"done: step {step}/{result.total_steps} in {result.seconds:.1f} s; run dir {cfg.train.output}")
+        plan = getattr(result, "stage_plan", None)
+        total = getattr(result, "total_steps", None) or getattr(plan, "total_steps", step)
+        print(f"done: step {step}/{total} in {result.seconds:.1f} s; run dir {cfg.train.output}")
         for key, value in sorted(getattr(result, "val", {}).items()):
             print(f"  {key}: {value:.4f}")
     return 0
