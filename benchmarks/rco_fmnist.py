@@ -390,7 +390,7 @@ def run_student(args: argparse.Namespace, variant: str, seed: int, train: ArrayD
     from facerco.route.plan import StagedSchedule, format_stages
     from facerco.route.strategies import RouteFollower
     from facerco.train.engine import Engine, seed_everything
-    from facerco.train.schedule import build_schedule
+    from facerco.train.schedule import stage_schedule_factory
     from facerco.utils.io import atomic_write_text, read_json, write_json
 
     run = Path(args.out) / "runs" / variant / f"seed{seed}"
@@ -407,7 +407,7 @@ def run_student(args: argparse.Namespace, variant: str, seed: int, train: ArrayD
     targets, follower, schedule, callbacks = None, None, None, []
     if variant != "scratch":
         anchor_plan, plan = variant_plan(args, variant, points, total, spe)
-        schedule = StagedSchedule(plan, lambda n: build_schedule(cfg.schedule, spe, n, args.lr))
+        schedule = StagedSchedule(plan, stage_schedule_factory(cfg.schedule, spe, plan.total_steps, args.lr))
         follower, targets = RouteFollower(plan), logits
         if variant == "rco_gss_online":
             callbacks.append(online_gss(args, follower, points, logits, student, train, run))

@@ -333,11 +333,13 @@ def student_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def stage_scaled_schedule(cfg: Any) -> Any:
-    """A multi-stage student's schedule scaled to one stage (warm-up and milestones × the stage's share).
+    """A multi-stage student's warm-up scaled to one stage (warm-up × the stage's share).
 
-    Why: a restarting stage evaluates the schedule over its own length, so the teacher's milestones (epochs 8 and
-    12 of 16) would lie past a 4-epoch stage's end and every stage would end at the peak lr. The scale is
-    ``final_share``, exact when every stage has the same length (``final_share = 1 / num_anchors``).
+    Why: each restarting stage runs the schedule over its own length. The library scales a step schedule's lr drops
+    to the stage (:func:`facerco.train.schedule.stage_schedule_factory`: drops at epochs 8 and 12 of 16 fall at 2 and
+    3 of a 4-epoch stage); the study also shortens each stage's warm-up in the same proportion, so the four stages
+    together warm up as long as the one-stage students. The scale is ``final_share``, exact when every stage has the
+    same length (``final_share = 1 / num_anchors``).
     """
     d, s = cfg.distill, cfg.schedule
     if d.schedule != "multi_stage" or not d.restart_lr or s.decay != "step":
@@ -346,8 +348,7 @@ def stage_scaled_schedule(cfg: Any) -> Any:
     if d.num_anchors > 1 and not math.isclose((1 - share) / (d.num_anchors - 1), share, rel_tol=1e-6):
         raise ValueError(f"multi-stage students here need equal stages (distill.final_share = 1/num_anchors), got "
                          f"final_share={share}, num_anchors={d.num_anchors}")
-    return replace(cfg, schedule=replace(s, warmup_epochs=s.warmup_epochs * share,
-                                         milestones=[m * share for m in s.milestones]))
+    return replace(cfg, schedule=replace(s, warmup_epochs=s.warmup_epochs * share))
 
 
 def make_variants(args: argparse.Namespace) -> list[Any]:
@@ -626,7 +627,11 @@ def build_result(args: argparse.Namespace, variants: Sequence[Any], route: dict[
     cfg = variants[0].cfg
     split = read_split(args.data)
     multi = [v.name for v in variants if v.cfg.distill.schedule == "multi_stage"]
-    scaled = next((v.cfg.schedule for v in variants if v.name in multi), None)
+    multi_cfg = next((v.cfg for v in variants if v.name in multi), None)
+    scaled = None
+    if multi_cfg is not None:  # what each stage runs: the stage's warm-up, the drops scaled by the library
+        share = multi_cfg.distill.final_share
+        scaled = replace(multi_cfg.schedule, milestones=[m * share for m in multi_cfg.schedule.milestones])
     return {
         "benchmark": "rco_lfw", "seeds": list(args.seeds), "pilot_seed": args.pilot_seed, "counted_seeds": counted,
         "table_seeds": counted or pilot, "variants": list(args.variants), "gate": gate,

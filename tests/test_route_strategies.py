@@ -169,3 +169,19 @@ def test_online_gss_after_the_final_follows_the_final():
     assert follower.decided[0] == "epoch_003"  # the student already matches the final teacher
     cb.on_step_end(SimpleNamespace(step=stage_plan.stages[1].start), stage_plan.stages[1].start, {})
     assert follower.decided[1] == "epoch_003" and cb.records[-1]["reason"] == "final already reached"
+
+
+def test_multi_stage_restarts_drop_the_lr_inside_each_stage():
+    from facerco.config import ScheduleConfig
+    from facerco.route.plan import StagedSchedule, build_stage_plan
+    from facerco.train.schedule import stage_schedule_factory
+
+    sched = ScheduleConfig(decay="step", milestones=[8.0, 12.0], gamma=0.1)
+    plan = build_stage_plan(["a", "b", "c", "d"], 160, 10, "multi_stage", final_share=0.25)
+    staged = StagedSchedule(plan, stage_schedule_factory(sched, 10, 160, 0.1))
+    # each 40-step stage (4 epochs) drops at its epochs 2 and 3, as the 16-epoch run does at 8 and 12
+    for start in (0, 40, 80, 120):
+        assert [round(staged.lr_factor(start + k), 6) for k in (0, 19, 20, 29, 30, 39)] == [1, 1, 0.1, 0.1, 0.01, 0.01]
+    one = StagedSchedule(build_stage_plan(["a", "b"], 160, 10, "one_stage", final_share=0.5),
+                         stage_schedule_factory(sched, 10, 160, 0.1))
+    assert [round(one.lr_factor(k), 6) for k in (79, 80, 119, 120)] == [1, 0.1, 0.1, 0.01]  # the run's own drops

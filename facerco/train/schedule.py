@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 from facerco.config import ScheduleConfig
 
-__all__ = ["LRSchedule", "WarmupDecaySchedule", "MultiStageSchedule", "build_schedule"]
+__all__ = ["LRSchedule", "WarmupDecaySchedule", "MultiStageSchedule", "build_schedule", "stage_schedule_factory"]
 
 
 @runtime_checkable
@@ -116,3 +116,24 @@ def build_schedule(cfg: ScheduleConfig, steps_per_epoch: int, total_steps: int, 
         gamma=cfg.gamma,
         min_factor=min_factor,
     )
+
+
+def stage_schedule_factory(cfg: ScheduleConfig, steps_per_epoch: int, total_steps: int, base_lr: float
+                           ) -> Callable[[int], WarmupDecaySchedule]:
+    """``factory(length)`` for :class:`facerco.route.plan.StagedSchedule`: the run's schedule over ``length`` steps.
+
+    A stage that restarts the schedule (multi-stage RCO) is shorter than the run, so a step schedule's lr drops,
+    given in epochs of the whole run, are scaled to the stage (drops at epochs 8 and 12 of a 16-epoch run fall at
+    epochs 2 and 3 of a 4-epoch stage); otherwise they would lie past the stage's end and the stage would never
+    decay. Warm-up stays in epochs (each restart warms up as the run does); linear and cosine decays already span
+    ``length``.
+    """
+
+    def factory(length: int) -> WarmupDecaySchedule:
+        sched = cfg
+        if length != total_steps and cfg.milestones and total_steps > 0:
+            fraction = length / total_steps
+            sched = replace(cfg, milestones=[m * fraction for m in cfg.milestones])
+        return build_schedule(sched, steps_per_epoch, length, base_lr)
+
+    return factory

@@ -616,7 +616,7 @@ def run_distill(cfg: Config, *, dataset: Any = None, head: nn.Module | None = No
     from facerco.route.io import load_route
     from facerco.route.plan import StagedSchedule, format_stages
     from facerco.train import distributed as fdist
-    from facerco.train.schedule import build_schedule
+    from facerco.train.schedule import stage_schedule_factory
     from facerco.utils.device import resolve_device
     from facerco.utils.io import atomic_write_text, write_json
 
@@ -657,7 +657,8 @@ def run_distill(cfg: Config, *, dataset: Any = None, head: nn.Module | None = No
         hint_channels = _hint_channels(backbone, load(final)[0].to(device), cfg)
     stop = min(stage_plan.total_steps, cfg.train.max_steps) if cfg.train.max_steps > 0 else stage_plan.total_steps
     task = StudentTask(backbone, head, stage_plan, source, cfg, teacher_dim, final, stop, hint_channels)
-    schedule = StagedSchedule(stage_plan, lambda n: build_schedule(cfg.schedule, spe, n, cfg.optim.lr))
+    schedule = StagedSchedule(stage_plan, stage_schedule_factory(cfg.schedule, spe, stage_plan.total_steps,
+                                                                 cfg.optim.lr))
     callbacks: list[Callback] = []
     gate = None
     if d.gate:
