@@ -754,8 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     args.argv = list(argv)
-    # with workers the main process never trains: it builds the cache and evaluates while they are idle
-    torch.set_num_threads(args.threads * (args.jobs if args.jobs > 1 and not args.worker_variants else 1))
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.worker_variants:

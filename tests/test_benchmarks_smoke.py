@@ -221,6 +221,27 @@ def test_lfw_summary_and_verdict_known_answer() -> None:
     assert "- phase: Δ +2.00 points" in md and "teacher iresnet_small (1000 params, test rank-1 45.00 %)" in md
 
 
+def test_lfw_study_refuses_old_split_and_test_validated_teacher(tmp_path: Path) -> None:
+    from facerco.config import dump_config, load_config
+    from facerco.utils.io import write_json
+
+    data = tmp_path / "lfw"
+    data.mkdir()
+    (data / "pairs_heldout.txt").write_text("1\t0\n")
+    write_json(data / "split.json", {"format_version": 1, "train": [], "test": [], "distractors": []})
+    with pytest.raises(ValueError, match="prepared before the validation split.*re-run"):
+        rco_lfw.ensure_data(data, tmp_path / "no_lfw")
+    run = tmp_path / "teacher"
+    run.mkdir()
+    cfg = load_config(ROOT / "configs/teacher/lfw_cpu_study.yaml", [f"data.val_pairs={data / 'pairs_heldout.txt'}"])
+    (run / "config.yaml").write_text(dump_config(cfg))
+    with pytest.raises(ValueError, match="validates on its reported test set"):
+        rco_lfw.check_teacher_validation(run, data)
+    cfg = load_config(ROOT / "configs/teacher/lfw_cpu_study.yaml", [f"data.val_pairs={data / 'pairs_val.txt'}"])
+    (run / "config.yaml").write_text(dump_config(cfg))
+    rco_lfw.check_teacher_validation(run, data)  # validation on its own pairs: accepted
+
+
 @pytest.mark.slow
 def test_rco_lfw_tiny_run(tmp_path: Path) -> None:
     data = tmp_path / "lfw"
