@@ -8,11 +8,11 @@ The pre-registered protocol (issue 11; ``benchmarks/README.md``, "RCO study prot
   teacher's route metrics, ``early``'s point, GSS, the pilot gate) reads validation or training data; the test part
   is read once per finished model.
 * **Teacher**: ``--teacher-run`` (``runs/teacher_lfw_study``), reused when its route is complete, else trained from
-  ``--teacher-config`` (``configs/teacher/lfw_cpu_study.yaml``: iresnet_small at 32 px, 3.4M parameters, 16 epochs,
+  ``--teacher-config`` (``configs/teacher/lfw_cpu_study.yaml``: iresnet_small at 32 px, 3.06M parameters, 16 epochs,
   lr ×0.1 after epochs 8 and 12, a route point per epoch). A teacher that validated on the test pairs is refused.
 * **Anchor cache**: every route point's embedding of every training image (plain + flipped), built once with
   :func:`facerco.route.cache.build_cache` (lockstep reads every point); ``--online`` runs the teacher instead.
-* **Students**: ``configs/student/_lfw_study_base.yaml`` (mobilefacenet width 0.25, 64-d, 77k parameters, ~44×
+* **Students**: ``configs/student/_lfw_study_base.yaml`` (mobilefacenet width 0.25, 64-d, 77k parameters, ~40×
   smaller; the teacher's schedule: 16 epochs, lr drops after 8 and 12; mimic l2 ×10 + ArcFace) through
   :func:`facerco.train.compare.builtin_variants` and :func:`~facerco.train.compare.run_compare` (the library's loop;
   one run per variant and seed under ``OUT/runs/<variant>/seed<k>``, finished runs reused). Variants: ``scratch``,
