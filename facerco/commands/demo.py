@@ -17,9 +17,11 @@ def _demo(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run the whole chain on generated faces (align, pack, teacher+route, RCO student, eval, ONNX)",
-        description="Generated in-the-wild faces -> align -> pack -> teacher with route -> students (scratch, "
-        "mimic-final, RCO one-stage EEIS) -> verification + 1:N identification -> ONNX export. "
+        help="run the whole chain on generated faces (align, pack, teacher+route, students, eval, ONNX)",
+        description="Generated in-the-wild faces -> align -> pack -> teacher with route (its own validation "
+        "identities) -> students (scratch, mimic-final on two seeds: the recommended student, and the route strategy "
+        "phase) -> verification + 1:N identification of held-out identities -> fp32 + int8 ONNX export with model "
+        "cards. The table marks differences within one seed's noise. "
         "A rerun resumes where the last one stopped. The same seed, machine, torch build and thread count print the "
         "same table; another CPU or thread count changes the numbers (the full demo's by up to ~1.5 points).",
     )
