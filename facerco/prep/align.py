@@ -13,7 +13,6 @@ the two writes).
 from __future__ import annotations
 
 import csv
-import multiprocessing as mp
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import cv2
 import numpy as np
 
 from facerco.prep.detectors import SELECT_POLICIES, Detector, DetectorSpec, Face, select_faces
+from facerco.utils.workers import process_context
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
@@ -305,7 +305,7 @@ def _run(todo: list[str], job: _Job, workers: int) -> Iterator[list[str]]:
         _raise_start_error(_WORKER)
         yield from map(_process, todo)
         return
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    ctx = process_context()
     with ctx.Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
         yield from pool.imap_unordered(_process, todo, chunksize=4)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
-import multiprocessing as mp
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from facerco.prep.align import (
     write_image,
 )
 from facerco.prep.detectors import Detector, DetectorSpec
+from facerco.utils.workers import process_context
 
 __all__ = [
     "BAD_ROWS_NAME",
@@ -109,6 +109,7 @@ class BadRow:
 
 class BadRowError(ValueError):
     """A damaged row in a ``strict`` run; the message names the file and the line."""
+
 
 
 def read_bad_rows(dst: str | os.PathLike[str]) -> list[dict[str, str]]:
@@ -288,7 +289,7 @@ def align_stream(
     done = finished_keys(out)
     job = _Job(str(out), spec, size, policy, quality)
     counts = {"seen": 0, "skipped": 0, "aligned": 0, "failed": 0, "bad": 0}
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    ctx = process_context()
     pool = ctx.Pool(workers, initializer=_init, initargs=(job,)) if workers > 1 else None
     if pool is None:
         _init(job)
