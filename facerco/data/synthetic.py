@@ -37,6 +37,7 @@ from facerco.data.synthetic_identity import TEMPLATE_112, Identity, draw_identit
 from facerco.data.synthetic_render import ImageParams, Nuisance, draw_face, draw_image_params, finish_pixels
 from facerco.data.synthetic_scene import WildFace, clutter_background, compose_scene, place_faces
 from facerco.utils.io import atomic_write_text
+from facerco.utils.workers import process_context
 
 __all__ = [
     "TEMPLATE_112",
@@ -268,7 +269,7 @@ def write_identity_folder(out: str | os.PathLike[str], num_identities: int, imag
     ids = range(first_identity, first_identity + num_identities)
     rows: list[list[str]] = []
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=process_context()) as pool:  # no fork: see there
             results: Iterable[list[list[str]]] = pool.map(_write_identity, [job] * len(ids), ids, chunksize=4)
             if progress is not None:
                 results = progress(results, len(ids))
