@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke size for CI: about 1 minute on 2 idle CPU cores (56 s measured), several "
+                        help="smoke size for CI: about 1 minute on 2 idle CPU cores (52 s measured), several "
                         "minutes when the cores are shared")
     parser.add_argument("--seed", type=int, default=0, help="seed of data generation and training")
     add_debug_arg(parser)
