@@ -341,22 +341,17 @@ class AnchorLogits:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def point_infos(points: list[dict[str, Any]]) -> list[Any]:
-    from facerco.route.anchors import route_points
-
-    return route_points(points)
-
-
 def variant_plan(args: argparse.Namespace, variant: str, points: list[dict[str, Any]], total: int,
                  spe: int) -> tuple[Any, Any]:
     """(anchor plan, stage plan) of a variant through the library's single planning function."""
     from facerco.config import Config, DistillConfig, OptimConfig
+    from facerco.route.anchors import route_points
     from facerco.train.student import build_plan
 
     d = DistillConfig(final_share=args.final_share, gss_delta=args.gss_delta, kd_temperature=args.temperature,
                       **DISTILL[variant])
     cfg = Config(kind="student", distill=d, optim=OptimConfig(lr=args.lr))
-    return build_plan(cfg, point_infos(points), spe, total)
+    return build_plan(cfg, route_points(points), spe, total)
 
 
 def online_gss(args: argparse.Namespace, follower: Any, points: list[dict[str, Any]], logits: AnchorLogits,
@@ -367,8 +362,8 @@ def online_gss(args: argparse.Namespace, follower: Any, points: list[dict[str, A
     from facerco.utils.io import write_json
 
     idx = torch.from_numpy(probe_indices(len(train), args.probe_images, 0))
-    outputs = {p["name"]: ProbeOutput.from_arrays(logits(p["name"], idx).double().numpy(),
-                                                  logits(p["name"], idx).double().numpy()) for p in points}
+    probe_logits = {p["name"]: logits(p["name"], idx).double().numpy() for p in points}
+    outputs = {name: ProbeOutput.from_arrays(z, z) for name, z in probe_logits.items()}
     probe = train.images[idx]
 
     def student_output() -> Any:

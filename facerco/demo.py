@@ -277,7 +277,8 @@ def mark_noise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r["model"] in ("teacher", RECOMMENDED):
             continue
         r["delta"] = {m: r[m] - ref[m] for m in noise}
-        r["within_noise"] = {m: abs(r["delta"][m]) <= noise[m] for m in noise}
+        if r is not twin:  # the yardstick itself is not compared with itself
+            r["within_noise"] = {m: abs(r["delta"][m]) <= noise[m] for m in noise}
     ref["noise"] = noise
     return rows
 
@@ -285,7 +286,7 @@ def mark_noise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _delta_text(row: dict[str, Any], metric: str) -> str:
     if "delta" not in row:
         return "–"
-    mark = " ≈" if row["within_noise"][metric] else ""
+    mark = " ≈" if row.get("within_noise", {}).get(metric) else ""
     return f"{100 * row['delta'][metric]:+.2f}{mark}"
 
 
