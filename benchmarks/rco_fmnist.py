@@ -133,15 +133,38 @@ def _conv(cin: int, cout: int, k: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, 2, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+class BasicBlock(nn.Module):
+    """Two 3×3 convs with a (projected when the shape changes) shortcut: the ResNet teacher's unit."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                                  nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(cout))
+        self.shortcut = (nn.Identity() if stride == 1 and cin == cout else
+                         nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
 def build_net(kind: str, width: int) -> nn.Module:
-    """``cnn`` teacher (28 -> 14 -> 7 -> 4 with width, 2w, 4w channels) or ``mlp`` student (784-width-10)."""
+    """``cnn`` (28 -> 14 -> 7 -> 4 with width, 2w, 4w channels), ``resnet`` (a 3×3 stem at 28 px, then three
+    strided basic blocks of 2w, 4w, 8w channels, global pooling; the stronger teacher that gives the closed-set study
+    its gap), ``resnet_s2`` (the same with a stride-2 stem: 3× cheaper) or ``mlp`` (784-width-10)."""
     if kind == "cnn":
         return nn.Sequential(_conv(1, width, 5), _conv(width, 2 * width, 3), _conv(2 * width, 4 * width, 3),
                              nn.Flatten(), nn.Linear(4 * width * 16, 10))
+    if kind in ("resnet", "resnet_s2"):
+        stem_stride = 2 if kind == "resnet_s2" else 1
+        return nn.Sequential(nn.Conv2d(1, width, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(width),
+                             nn.ReLU(inplace=True), BasicBlock(width, 2 * width, 2),
+                             BasicBlock(2 * width, 4 * width, 2), BasicBlock(4 * width, 8 * width, 2),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8 * width, 10))
     if kind == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(784, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
                              nn.Linear(width, 10))
-    raise ValueError(f"unknown network kind {kind!r}; valid: cnn, mlp")
+    raise ValueError(f"unknown network kind {kind!r}; valid: cnn, resnet, resnet_s2, mlp")
 
 
 def make_task(net: nn.Module, targets: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
@@ -255,7 +278,8 @@ def train_teacher(args: argparse.Namespace, train: ArrayDataset, val: tuple[torc
     run = Path(args.out) / "teacher"
     route_json = run / "route.json"
     key = {"epochs": args.teacher_epochs, "train_images": len(train), "val_images": len(val[1]),
-           "split_seed": args.split_seed, "width": args.teacher_width, "batch": args.batch}
+           "split_seed": args.split_seed, "width": args.teacher_width, "batch": args.batch,
+           **({"kind": args.teacher_kind} if args.teacher_kind != "cnn" else {})}
     if route_json.is_file():
         route = read_json(route_json)
         if route.get("complete") and all(route.get(k) == v for k, v in key.items()):
@@ -263,7 +287,7 @@ def train_teacher(args: argparse.Namespace, train: ArrayDataset, val: tuple[torc
     milestones = milestones_of(args, args.teacher_epochs)
     cfg = base_config(run, args.teacher_epochs, args.batch, args.lr, 0, "step", milestones)
     seed_everything(0)
-    net = build_net("cnn", args.teacher_width)
+    net = build_net(args.teacher_kind, args.teacher_width)
 
     class RouteCallback(Callback):
         name = "fmnist_route"
@@ -304,7 +328,7 @@ def load_point(args: argparse.Namespace, point: dict[str, Any]) -> nn.Module:
     path = Path(args.out) / "teacher" / point["file"]
     if sha256_file(path) != point["sha256"]:
         raise ValueError(f"{path}: sha256 differs from {Path(args.out) / 'teacher' / 'route.json'}")
-    net = build_net("cnn", args.teacher_width)
+    net = build_net(args.teacher_kind, args.teacher_width)
     net.load_state_dict(load_file(str(path)))
     return net.eval()
 
@@ -485,7 +509,8 @@ def format_markdown(result: dict[str, Any]) -> str:
     route, gate, summary = result["route"], result["gate"], result["summary"]
     comps = summary["analysis"]["comparisons"]
     lines = [f"Fashion-MNIST ({result['train_images']} train / {result['val_images']} validation / "
-             f"{result['test_images']} test) · teacher cnn ({result['teacher_params']} params, "
+             f"{result['test_images']} test) · teacher {result.get('teacher_kind', 'cnn')} "
+             f"({result['teacher_params']} params, "
              f"{result['teacher_epochs']} epochs, lr ×0.1 at {result['teacher_milestones']}, test "
              f"{100 * result['teacher_test_acc']:.2f} %) · student {result['student_kind']} width "
              f"{result['student_width']} ({result['student_params']} params, {result['student_epochs']} epochs, same "
@@ -569,6 +594,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teacher-epochs", type=int, default=16)
     parser.add_argument("--teacher-milestones", type=float, nargs="*", default=None,
                         help="epochs where the teacher lr drops x0.1 (default: 50%% and 75%% of the epochs)")
+    parser.add_argument("--teacher-kind", choices=["cnn", "resnet", "resnet_s2"], default="cnn",
+                        help="cnn: three strided convs (114k at width 32); resnet: stem + three basic blocks")
     parser.add_argument("--teacher-width", type=int, default=32)
     parser.add_argument("--student-epochs", type=float, default=16.0)
     parser.add_argument("--student-kind", choices=["mlp", "cnn"], default="cnn",
@@ -624,6 +651,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     start = time.time()
     train, evals, points = prepare(args)  # the teacher is trained here, once, before any student
+    precompute = AnchorLogits(args, points, train.images)
+    for point in points:  # once, here, so that parallel workers read the files instead of each computing them
+        precompute.all(point["name"])
     pilot = [s for s in args.seeds if s == args.pilot_seed]
     counted = [s for s in args.seeds if s != args.pilot_seed]
     _train_seeds(args, argv, pilot)
@@ -644,6 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "rco_fmnist", "seeds": list(args.seeds), "pilot_seed": args.pilot_seed,
         "counted_seeds": counted_done, "variants": list(args.variants), "gate": gate,
         "train_images": len(train), "val_images": len(evals["val"][1]), "test_images": len(evals["test"][1]),
+        "teacher_kind": args.teacher_kind, "teacher_width": args.teacher_width,
         "teacher_params": sum(p.numel() for p in teacher.parameters()), "teacher_epochs": args.teacher_epochs,
         "teacher_milestones": route_info.get("milestones"), "teacher_seconds": route_info.get("seconds"),
         "teacher_test_acc": accuracy(teacher, evals["test"]),
