@@ -42,3 +42,21 @@ def test_sha256_and_read_json_errors(tmp_path):
         read_json(bad)
     with pytest.raises(FileNotFoundError, match="missing.json"):
         read_json(tmp_path / "missing.json")
+
+
+def test_fsync_false_skips_only_the_flush(tmp_path, monkeypatch):
+    """The aligned-crop writer (prep.align.write_bytes_public) uses this path: same rename, same mode, no fsync."""
+    from facerco.prep.align import write_bytes_public
+
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    target = tmp_path / "id0" / "0.jpg"
+    write_bytes_public(target, b"crop")
+    assert calls == []
+    assert target.read_bytes() == b"crop"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in target.parent.iterdir()] == ["0.jpg"]
+    atomic_write_text(tmp_path / "r.json", "{}")
+    assert len(calls) == 1

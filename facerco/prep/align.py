@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from facerco.prep.detectors import SELECT_POLICIES, Detector, DetectorSpec, Face, select_faces
+from facerco.utils.io import atomic_write_bytes
 from facerco.utils.workers import process_context
 
 __all__ = [
@@ -140,32 +141,12 @@ def encode_image(rgb: np.ndarray, suffix: str = ".jpg", quality: int = 95) -> by
     return buf.tobytes()
 
 
-def _umask() -> int:
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
 def write_bytes_public(path: str | os.PathLike[str], data: bytes) -> None:
     """Write-then-rename, so a killed job never leaves a truncated image that a resume would skip.
 
-    Unlike ``facerco.utils.io.atomic_path`` there is no fsync (millions of small crops; a process kill, not a power
-    cut, is what resuming must survive) and the file gets ordinary permissions instead of mkstemp's private 0600.
+    No fsync: millions of small crops, and a process kill, not a power cut, is what resuming must survive.
     """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_bytes(path, data, fsync=False)
 
 
 def write_image(path: str | os.PathLike[str], rgb: np.ndarray, quality: int = 95) -> None:
