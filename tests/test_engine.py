@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,12 @@ import torch
 from torch import nn
 
 from facerco.config import ScheduleConfig, config_from_dict
+from facerco.route.plan import StagedSchedule, stages_from_lengths
 from facerco.train.checkpoint import load_resume
 from facerco.train.engine import Callback, Engine, seed_everything
 from facerco.train.precision import resolve_precision
 from facerco.train.sampler import GlobalBatchSampler
-from facerco.train.schedule import MultiStageSchedule, WarmupDecaySchedule, build_schedule
+from facerco.train.schedule import MultiStageSchedule, WarmupDecaySchedule, build_schedule, stage_schedule_factory
 from facerco.train.task import TrainTask
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -49,9 +51,23 @@ def test_step_decay_and_build_from_config():
 def test_multistage_restarts_local_step():
     a = WarmupDecaySchedule(total_steps=4, decay="linear")
     b = WarmupDecaySchedule(total_steps=2, warmup_steps=1, decay="constant")
-    m = MultiStageSchedule(starts=[0, 4], stages=[a, b])
+    plan = stages_from_lengths(["a", "b"], [4, 2], kind="multi_stage")
+    m = MultiStageSchedule(plan, lambda n: {4: a, 2: b}.get(n, a))
     assert [m.lr_factor(t) for t in range(6)] == pytest.approx([1.0, 0.75, 0.5, 0.25, 1.0, 1.0])
     assert m.stage_of(3) == 0 and m.stage_of(4) == 1
+
+
+@pytest.mark.parametrize("decay", ["linear", "cosine", "step", "constant"])
+def test_multistage_is_the_staged_schedule_and_each_stage_restarts_the_run_schedule(decay):
+    """One staged schedule: a restarting stage reads the config's schedule built over its own length."""
+    assert MultiStageSchedule is StagedSchedule
+    cfg = ScheduleConfig(warmup_epochs=0.5, decay=decay, milestones=[2.0, 3.0] if decay == "step" else [], gamma=0.1)
+    plan = stages_from_lengths(["a", "b", "c"], [7, 5, 4], kind="multi_stage")
+    staged = StagedSchedule(plan, stage_schedule_factory(cfg, 2, plan.total_steps, 0.1))
+    for st in plan.stages:
+        own = build_schedule(replace(cfg, milestones=[m * st.length / 16 for m in cfg.milestones]), 2, st.length, 0.1)
+        steps = range(st.length)
+        assert [staged.lr_factor(st.start + k) for k in steps] == [own.lr_factor(k) for k in steps]
 
 
 def test_schedule_errors_name_the_problem():

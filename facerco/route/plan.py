@@ -152,16 +152,22 @@ class _Schedule(Protocol):
 
 
 class StagedSchedule:
-    """An lr schedule object (``lr_factor(step)``) that restarts per stage when the stage says so.
+    """The one staged lr schedule (``lr_factor(step)``): it restarts per stage when the stage says so.
 
-    ``factory(length)`` builds the base schedule for a span of ``length`` steps (the engine's warm-up + decay);
-    restarting stages evaluate a schedule of their own length at the stage-local step, others the global one.
+    ``factory(length)`` builds the base schedule for a span of ``length`` steps (the engine's warm-up + decay,
+    :func:`facerco.train.schedule.stage_schedule_factory`); restarting stages evaluate a schedule of their own length
+    at the stage-local step, others the run's schedule at the global step; each stage scales by its ``lr_mult``.
+    ``facerco.train.schedule.MultiStageSchedule`` is this class.
     """
 
     def __init__(self, plan: StagePlan, factory: Callable[[int], _Schedule]) -> None:
         self.plan = plan
         self._global = factory(plan.total_steps)
         self._local = {s.index: factory(s.length) for s in plan.stages if s.restart}
+
+    def stage_of(self, step: int) -> int:
+        """Index of the stage that owns ``step`` (the last one past the end)."""
+        return self.plan.stage_at(step).index
 
     def lr_factor(self, step: int) -> float:
         stage = self.plan.stage_at(step)

@@ -1,19 +1,21 @@
 """Per-iteration learning-rate schedules.
 
 The engine multiplies every param group's base lr by ``schedule.lr_factor(step)`` before each optimizer step.
-A job may pass its own object with that one method (e.g. multi-stage restarts for distillation); the factor is a
-pure function of the global step, so a resumed run recomputes it instead of restoring it.
+A job may pass its own object with that one method (multi-stage restarts for distillation are
+:class:`facerco.route.plan.StagedSchedule` over :func:`stage_schedule_factory`); the factor is a pure function of the
+global step, so a resumed run recomputes it instead of restoring it.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 from facerco.config import ScheduleConfig
+from facerco.route.plan import StagedSchedule
 
 __all__ = ["LRSchedule", "WarmupDecaySchedule", "MultiStageSchedule", "build_schedule", "stage_schedule_factory"]
 
@@ -72,29 +74,8 @@ class WarmupDecaySchedule:
         return self.min_factor + (1.0 - self.min_factor) * f
 
 
-@dataclass(frozen=True)
-class MultiStageSchedule:
-    """Piecewise schedules: stage i covers steps [starts[i], starts[i+1]) and sees a local step (restart).
-
-    Used by multi-stage jobs whose every stage restarts its own warm-up/decay; ``starts[0]`` must be 0.
-    """
-
-    starts: Sequence[int]
-    stages: Sequence[LRSchedule]
-
-    def __post_init__(self) -> None:
-        if len(self.starts) != len(self.stages) or not self.starts:
-            raise ValueError("MultiStageSchedule needs one start step per stage and at least one stage")
-        if self.starts[0] != 0 or list(self.starts) != sorted(set(self.starts)):
-            raise ValueError(f"stage starts must begin at 0 and strictly increase, got {list(self.starts)}")
-
-    def stage_of(self, step: int) -> int:
-        """Index of the stage that owns ``step``."""
-        return bisect.bisect_right(list(self.starts), step) - 1
-
-    def lr_factor(self, step: int) -> float:
-        i = self.stage_of(step)
-        return self.stages[i].lr_factor(step - self.starts[i])
+MultiStageSchedule = StagedSchedule
+"""Alias of :class:`facerco.route.plan.StagedSchedule`, the one staged schedule (a plan and ``factory(length)``)."""
 
 
 def build_schedule(cfg: ScheduleConfig, steps_per_epoch: int, total_steps: int, base_lr: float) -> WarmupDecaySchedule:
