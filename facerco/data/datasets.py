@@ -8,7 +8,7 @@ tools that want the encoded or decoded image. The reader is chosen by an explici
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +29,41 @@ __all__ = ["IMAGE_EXTENSIONS", "list_identity_folder", "RecordDataset", "FolderD
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".tif", ".tiff"})
 Transform = Callable[[np.ndarray], torch.Tensor]
+
+
+class _BatchDecoder:
+    """The engine's batch path, shared by both dataset kinds: a whole batch decoded into one uint8 tensor.
+
+    Why: a per-image float tensor costs 4x the bytes over the DataLoader's worker queue and a tensor (plus the
+    collate's stack) per image; one uint8 (B, H, W, 3) array filled in place costs neither. The engine normalizes
+    it on its device with :func:`~facerco.data.transforms.normalize_batch` (the same (x - 127.5) / 127.5).
+    """
+
+    transform: Transform
+    labels: np.ndarray
+    read_image: Callable[[int], np.ndarray]  # each dataset's decoder (with its file-naming errors)
+
+    @property
+    def decodes_batches(self) -> bool:
+        """Whether :meth:`decode_batch` gives exactly the items' pixels before normalizing: the transform is an
+        :class:`EvalTransform` without a random flip of its own (a custom transform is applied item by item)."""
+        t = self.transform
+        return isinstance(t, EvalTransform) and not getattr(t, "flip", False)
+
+    def decode_batch(self, indices: Sequence[int], flips: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items ``indices`` as (uint8 (B, H, W, 3) RGB at the transform's size, labels (B,) int64), image k
+        mirrored left-right when ``flips[k]`` is set."""
+        if not self.decodes_batches:
+            raise ValueError(f"{type(self).__name__}: decode_batch needs an EvalTransform/TrainTransform(flip=False) "
+                             f"transform, got {self.transform!r}")
+        tf: EvalTransform = self.transform  # type: ignore[assignment]
+        if len(indices) != len(flips):
+            raise ValueError(f"decode_batch: {len(indices)} indices but {len(flips)} flip bits")
+        batch = np.empty((len(indices), tf.size, tf.size, 3), dtype=np.uint8)
+        for k, (i, flip) in enumerate(zip(indices, flips, strict=True)):
+            tf.prepare_into(self.read_image(int(i)), batch[k], bool(flip))
+        labels = torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64)])
+        return torch.from_numpy(batch), labels
 
 
 def list_identity_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[Path], np.ndarray]:
@@ -65,7 +100,7 @@ def list_identity_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[
     return classes, paths, np.asarray(labels, dtype=np.int64)
 
 
-class RecordDataset(Dataset):
+class RecordDataset(_BatchDecoder, Dataset):
     """An insightface dataset folder: ``train.rec``, ``train.idx`` (optional: scanned when absent), ``property``.
 
     With the insightface header (record 0, flag 2) the images are keys ``1 .. id_start-1``; without it every record
@@ -170,7 +205,7 @@ def _load_class_names(root: Path, num_classes: int) -> list[str] | None:
     return list(names) if isinstance(names, list) and len(names) == num_classes else None
 
 
-class FolderDataset(Dataset):
+class FolderDataset(_BatchDecoder, Dataset):
     """An aligned image folder: one sub-folder per identity, sorted class order (see :func:`list_identity_folder`).
 
     Args:

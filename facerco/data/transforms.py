@@ -125,6 +125,15 @@ class EvalTransform:
     def __call__(self, img: np.ndarray | bytes) -> torch.Tensor:
         return self._finish(self.prepare(img))
 
+    def prepare_into(self, img: np.ndarray | bytes, out: np.ndarray, flip: bool) -> None:
+        """Write the network-size RGB uint8 image, mirrored when ``flip``, into ``out`` (a (size, size, 3) slot of a
+        batch array): the engine's batch path fills one uint8 batch this way, with no tensor per image."""
+        img = self.prepare(img)
+        if flip:
+            cv2.flip(img, 1, dst=out)  # same pixels as torch.flip of the normalized image: the flip is exact
+        else:
+            np.copyto(out, img)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, output={self.output!r})"
 

@@ -29,9 +29,10 @@ from tqdm import tqdm
 from facerco.config import Config, OptimConfig
 from facerco.train import distributed as fdist
 from facerco.train.checkpoint import load_resume, restore_resume, save_resume
+from facerco.train.feed import batch_path, build_loader, device_images
 from facerco.train.precision import resolve_precision
 from facerco.train.runlog import RunLogger
-from facerco.train.sampler import GlobalBatchSampler, KeyedDataset, collate_keyed, epoch_generator
+from facerco.train.sampler import GlobalBatchSampler
 from facerco.train.schedule import LRSchedule, build_schedule
 from facerco.train.task import TrainTask
 from facerco.utils.callbacks import Callback
@@ -150,7 +151,8 @@ class Engine:
     Args:
         task: the trainable module (moved to the device here).
         dataset: items ``(image CHW float tensor, label int)``, without random flip (the engine flips from the
-            seeded sampler when ``data.flip``).
+            seeded sampler when ``data.flip``). A RecordDataset/FolderDataset is read batch-wise as uint8 and
+            normalized on the device; a dataset with ``get_batch`` in one indexing per batch (:mod:`.feed`).
         cfg: the whole config; reads ``optim``, ``schedule``, ``train`` and ``data.flip``/``data.num_workers``.
         run_dir: where ``last.pt``, ``log.jsonl`` and ``tb/`` go; defaults to ``train.output``.
         schedule: an lr schedule object; default :func:`~facerco.train.schedule.build_schedule` of ``schedule``.
@@ -182,6 +184,7 @@ class Engine:
         self.run_dir = Path(run_dir or tc.output)
         self.task = task.to(self.device)
         self.dataset = dataset
+        self.batch_path = batch_path(dataset)
         self.sampler = GlobalBatchSampler(
             len(dataset),  # type: ignore[arg-type]
             tc.batch_size,
@@ -356,24 +359,8 @@ class Engine:
 
     def _loader(self, epoch: int, start_batch: int) -> DataLoader:
         self.sampler.set_epoch(epoch, start_batch)
-        workers = self.cfg.data.num_workers
-        seed = self.cfg.train.seed
-
-        def init_worker(worker_id: int) -> None:
-            s = (seed * 1_000_003 + epoch * 10_007 + worker_id) % (1 << 32)
-            random.seed(s)
-            np.random.seed(s)
-
-        return DataLoader(
-            KeyedDataset(self.dataset),
-            batch_sampler=self.sampler,
-            collate_fn=collate_keyed,
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-            worker_init_fn=init_worker if workers > 0 else None,
-            generator=epoch_generator(seed, epoch),
-            persistent_workers=False,
-        )
+        return build_loader(self.dataset, self.sampler, workers=self.cfg.data.num_workers, seed=self.cfg.train.seed,
+                            epoch=epoch, device=self.device)
 
     def _set_lr(self, step: int) -> None:
         factor = float(self.schedule.lr_factor(step))
@@ -385,7 +372,7 @@ class Engine:
         step = self.step
         self.task.on_step_start(step)
         self._set_lr(step)
-        images = images.to(self.device, non_blocking=True)
+        images = device_images(images, self.device)
         labels = labels.to(self.device, non_blocking=True)
         kwargs = {"keys": keys.to(self.device)} if self.task.wants_keys else {}
         with self.precision.autocast():
