@@ -197,6 +197,19 @@ def test_build_head_from_config():
     assert head.sample_rate == 0.5 and head.seed == 7 and head.margin.m2 == 0.5 and head.num_local == 20
 
 
+def test_one_margin_head_builder_for_teacher_and_student():
+    """``train.teacher.build_margin_head`` (the teacher's and the student's head) is ``build_head``: same centres."""
+    from facerco.config import Config
+    from facerco.train.teacher import build_margin_head
+
+    assert build_margin_head is build_head
+    cfg = Config()
+    cfg.train.seed = 3
+    expect = PartialFC.from_config(cfg.loss, 16, 20, seed=3)
+    assert torch.equal(build_head(cfg, 16, 20).weight, expect.weight)
+    assert not torch.equal(build_head(cfg.loss, 16, 20).weight, expect.weight)  # a bare LossConfig seeds from 0
+
+
 # ------------------------------------------------------------------------------------------------ Partial FC, 2 ranks
 
 WORLD = 2

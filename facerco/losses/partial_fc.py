@@ -266,7 +266,11 @@ class PartialFC(nn.Module):
 
 
 def build_head(cfg: Any, embedding_size: int, num_classes: int) -> PartialFC:
-    """The training head from a whole :class:`facerco.config.Config` (seed from ``train.seed``) or a LossConfig."""
+    """The margin head from a whole :class:`facerco.config.Config` or a ``LossConfig``: the one builder.
+
+    Class centres are seeded from ``train.seed`` (0 for a bare LossConfig), so every world size draws the same matrix.
+    ``facerco.train.teacher.build_margin_head`` is this function.
+    """
     loss_cfg = getattr(cfg, "loss", cfg)
     train_cfg = getattr(cfg, "train", None)
     seed = int(train_cfg.seed) if train_cfg is not None else 0

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from facerco.config import Config, dump_config
+from facerco.losses.partial_fc import build_head
 from facerco.route.record import RouteRecorder
 from facerco.train import distributed as fdist
 from facerco.train.engine import Engine, FitResult, check_resume_config, seed_everything
@@ -70,11 +71,8 @@ class TeacherTask(TrainTask):
         return weight.detach().cpu() if isinstance(weight, torch.Tensor) else None
 
 
-def build_margin_head(cfg: Config, embedding_size: int, num_classes: int) -> nn.Module:
-    """The Partial-FC head with the configured margin; class centres seeded from ``train.seed`` (any world size)."""
-    from facerco.losses.partial_fc import PartialFC
-
-    return PartialFC.from_config(cfg.loss, embedding_size, num_classes, seed=cfg.train.seed)
+build_margin_head = build_head
+"""Alias of :func:`facerco.losses.partial_fc.build_head`, the one margin-head builder."""
 
 
 def build_backbone(cfg: Config) -> nn.Module:
@@ -114,7 +112,7 @@ def train_teacher(cfg: Config) -> FitResult:
         dataset = build_train_dataset(cfg)
         backbone = build_backbone(cfg)
         embedding_size = int(backbone.meta.embedding_size)  # type: ignore[union-attr]
-        head = build_margin_head(cfg, embedding_size, int(dataset.num_classes))
+        head = build_head(cfg, embedding_size, int(dataset.num_classes))
         task = TeacherTask(backbone, head)
         meta = backbone.meta  # type: ignore[union-attr]
         recorder = RouteRecorder(
