@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -671,8 +671,3 @@ class InsightfaceWriter:
             self.close()
         else:
             self._writer.close()
-
-
-def join_parts(parts: Sequence[bytes]) -> bytes:
-    """Join split parts the way a reader does (for tests and tools): the magic goes back between parts."""
-    return _MAGIC_BYTES.join(parts)

@@ -35,7 +35,7 @@ from torch import nn
 
 from facerco.losses.margin import CombinedMarginLoss
 
-__all__ = ["PartialFC", "build_head", "shard_range", "all_gather_with_grad"]
+__all__ = ["PartialFC", "build_head", "shard_range"]
 
 
 def shard_range(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -76,19 +76,6 @@ def _gather_sizes(n: int, device: torch.device, group: Any, world: int) -> tuple
     sizes = [torch.empty_like(local) for _ in range(world)]
     dist.all_gather(sizes, local, group=group)
     return tuple(int(s.item()) for s in sizes)
-
-
-def all_gather_with_grad(x: torch.Tensor, group: Any = None, grad_scale: float = 1.0) -> torch.Tensor:
-    """All-gather along dim 0 with gradient (sizes may differ per rank); identity without a process group.
-
-    Backward all-reduces (sums) the incoming gradient over ranks and returns this rank's rows times
-    ``grad_scale``: the right gradient when every rank's loss depends on all gathered rows.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
-        return x
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
-    sizes = _gather_sizes(x.shape[0], x.device, group, world)
-    return _AllGather.apply(x, sizes, rank, group, grad_scale)
 
 
 def _all_reduce(x: torch.Tensor, op: Any, group: Any) -> torch.Tensor:
