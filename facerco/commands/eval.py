@@ -12,8 +12,6 @@ from typing import Any
 
 from facerco.commands._common import add_debug_arg
 
-_IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm"}
-
 
 def _model_name(model: str, names: list[str] | None, i: int) -> str:
     if names:
@@ -66,136 +64,34 @@ def _verify(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _image_files(src: Path, root: str | None) -> list[str]:
-    """Distractor images: every image under a folder, or a list file whose relative entries resolve against
-    ``root`` (default: the list's folder)."""
-    if src.is_file():
-        from facerco.eval.lists import read_image_list
-
-        base = Path(root) if root else src.parent
-        return [str(p if p.is_absolute() else base / p) for p in map(Path, read_image_list(src))]
-    return sorted(str(p) for p in src.rglob("*") if p.suffix.lower() in _IMAGE_EXT)
-
-
-def _load(src: str, role: str, model: str | None, args: argparse.Namespace, cache: Any) -> tuple[Any, str, list]:
-    """Features of probes or distractors from .npy, a devkit tree, or images (extracted with ``model``), with the
-    name and per-row keys that a bad row's error should give (the file; for devkit trees, each row's file)."""
-    import numpy as np
-
-    from facerco.eval.features import Embeddings, devkit_name, load_embeddings, read_devkit_tree
-
-    path = Path(src)
-    if path.suffix == ".npy":
-        emb = load_embeddings(path, mmap=role == "distractors")
-        return emb, str(path), emb.paths
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: {role} not found")
-    if model is None:
-        if not path.is_dir():
-            raise ValueError(f"{path}: {role} must be a .npy, a devkit feature folder (with --algo) or images with "
-                             f"--model")
-        out = Path(args.out) / "features" / "devkit_distractors.npy" if role == "distractors" else None
-        feats, keys = read_devkit_tree(path, args.algo, progress=True, out=out)
-        labels = np.full(len(keys), -1, np.int64)
-        if role == "probes":  # FaceScrub layout: <identity>/<image>
-            names = sorted({Path(k).parent.as_posix() for k in keys})
-            ids = {n: i for i, n in enumerate(names)}
-            labels = np.array([ids[Path(k).parent.as_posix()] for k in keys], np.int64)
-        emb = Embeddings(feats, np.full(len(keys), np.nan, np.float32), labels, keys)
-        return emb, str(path), [devkit_name(k, args.algo) for k in keys]
-    emb = _extracted(path, role, model, args, cache)
-    return emb, str(cache.npy(role)), emb.paths
-
-
-def _extracted(path: Path, role: str, model: str, args: argparse.Namespace, cache: Any) -> Any:
-    """Features extracted with ``model``, or the cached ones when the model file and the source files are the
-    same as when they were computed (facerco.eval.feature_cache); says which, and why it recomputes."""
-    from facerco.eval.feature_cache import files_key
-    from facerco.eval.features import extract_embeddings, load_embeddings, save_embeddings, source_files
-
-    source: Any = path if role == "probes" else _image_files(path, args.distractor_root)
-    files = source_files(source) + ([path] if role == "distractors" and path.is_file() else [])
-    sources = files_key(files, str(path))
-    reason = cache.stale(role, sources)
-    if reason is None:
-        print(f"using cached {role} features {cache.npy(role)} (same model sha256, {len(files)} source files "
-              "unchanged)")
-        return load_embeddings(cache.npy(role), mmap=role == "distractors")
-    print(f"{role}: computing features (no cache yet)" if reason == "no cached features"
-          else f"{role}: {reason}: features recomputed")
-    cache.forget(role)
-    emb = extract_embeddings(_embedder(model, args), source, batch_size=args.batch_size, device=args.device,
-                             num_workers=args.num_workers)
-    save_embeddings(emb, cache.npy(role))
-    cache.record(role, sources)
-    return load_embeddings(cache.npy(role), mmap=role == "distractors")
-
-
-def _features(src: str, role: str, model: str | None, args: argparse.Namespace, cache: Any) -> tuple[Any, Any]:
-    """Loaded features and their norm statistics; a non-finite or zero row fails naming the file and the row."""
-    from facerco.eval.checks import check_features
-
-    emb, where, keys = _load(src, role, model, args, cache)
-    stats = check_features(emb.emb, where, keys)
-    if stats.renormalized_rows:
-        print(f"{role}: {stats.renormalized_rows} of {stats.rows} rows are not unit length (norms "
-              f"{stats.min_norm:.4g} to {stats.max_norm:.4g}): L2-normalized by the evaluator")
-    return emb, stats
-
-
-def _subset_lists(specs: list[str], keys: list[str]) -> dict[int, Any] | None:
-    if not specs:
-        return None
-    from facerco.eval.lists import KeyIndex, read_image_list
-
-    index = KeyIndex(keys)
-    out = {}
-    for spec in specs:
-        size, sep, file = spec.partition("=")
-        if not sep or not size.isdigit():
-            raise ValueError(f"--subset-list expects SIZE=FILE, got {spec!r}")
-        ids = index.indices(read_image_list(file), file)
-        if len(ids) != int(size):
-            raise ValueError(f"{file}: lists {len(ids)} distinct distractors, not {size}")
-        out[int(size)] = ids
-    return out
-
-
-def _noise(file: str | None, keys: list[str], role: str) -> Any:
-    if not file:
-        return None
-    from facerco.eval.lists import KeyIndex, read_image_list
-
-    mask, missing = KeyIndex(keys).mask(read_image_list(file), file)
-    print(f"{role} noise list {file}: {int(mask.sum())} matched, {len(missing)} not among the {role}")
-    return mask
-
-
 def _megaface(args: argparse.Namespace) -> int:
     import numpy as np
 
     from facerco.eval.checks import UNIT_TOL
     from facerco.eval.feature_cache import FeatureCache, model_key
     from facerco.eval.identification import evaluate_identification
+    from facerco.eval.megaface_features import FeatureOptions, noise_mask, role_features, subset_lists
     from facerco.eval.report import write_report
 
     models: list[str | None] = list(args.model) if args.model else [None]
     if args.names and len(args.names) != len(models):
         raise ValueError(f"--names gives {len(args.names)} names for {len(models)} models")
     out = Path(args.out)
+    opts = FeatureOptions(out, args.algo, args.distractor_root, args.arch, args.batch_size, args.device,
+                          args.num_workers)
     results = {}
     for i, model in enumerate(models):
         name = args.names[i] if args.names else (_model_name(model, None, 0) if model else "features")
         cache = FeatureCache(out / "features" / name.replace("/", "_"), model_key(model, args.arch)) if model else None
-        probes, p_stats = _features(args.probes, "probes", model, args, cache)
-        dist, d_stats = _features(args.distractors, "distractors", model, args, cache)
+        probes, p_stats = role_features(args.probes, "probes", model, opts, cache)
+        dist, d_stats = role_features(args.distractors, "distractors", model, opts, cache)
         if (np.asarray(probes.labels) < 0).any():
             raise ValueError(f"{args.probes}: probes need identity labels (an identity folder, or a .csv index)")
         res = evaluate_identification(
             np.asarray(probes.emb, np.float32), probes.labels, dist.emb, sizes=args.sizes,
-            subsets=_subset_lists(args.subset_list, dist.paths), seed=args.seed, fars=args.far,
-            probe_noise=_noise(args.probe_noise, probes.paths, "probes"),
-            distractor_noise=_noise(args.distractor_noise, dist.paths, "distractors"),
+            subsets=subset_lists(args.subset_list, dist.paths), seed=args.seed, fars=args.far,
+            probe_noise=noise_mask(args.probe_noise, probes.paths, "probes"),
+            distractor_noise=noise_mask(args.distractor_noise, dist.paths, "distractors"),
             backend=args.backend, device=args.device, chunk_size=args.chunk_size, normalize=True)
         res["features"] = {"normalized_by_evaluator": True, "unit_tolerance": UNIT_TOL,
                            "probes": p_stats.as_dict(), "distractors": d_stats.as_dict()}

@@ -9,6 +9,8 @@
 - :mod:`facerco.eval.checks`: the feature check of every entry point (no NaN/Inf or zero rows; L2 normalization
   with the norms on record).
 - :mod:`facerco.eval.feature_cache`: ``eval megaface``'s feature cache, keyed on the model's sha256 and the sources.
+- :mod:`facerco.eval.megaface_features`: ``eval megaface``'s probes and distractors (``.npy``, devkit folders with
+  FaceScrub labels from paths, or images through the feature cache), checked.
 
 Submodules are imported explicitly (``from facerco.eval.verification import ...``) so that importing the numeric
 protocol does not import torch.
