@@ -35,6 +35,7 @@ from facerco.utils.io import atomic_path
 __all__ = [
     "Embeddings",
     "Embedder",
+    "embed_batch",
     "load_embedder",
     "open_source",
     "source_files",
@@ -97,9 +98,35 @@ def _module_embedder(model: nn.Module, device: torch.device, name: str) -> Embed
 
     def run(x: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            return model(x.to(device, non_blocking=True)).float().cpu().numpy()
+            return embed_batch(model, x, device).cpu().numpy()
 
     return Embedder(run, size, mean, std, device, name)  # type: ignore[arg-type]
+
+
+def embed_batch(model: nn.Module, images: torch.Tensor, device: torch.device | str | None = None,
+                chunk_size: int = 0, flip: bool = False) -> torch.Tensor:
+    """Raw float32 embeddings (N, D), on ``device``, of normalized images (N, C, H, W): the extractor's batch path.
+
+    Every "embed these images" in facerco goes through here (extraction, GSS probes, compare, the anchor cache), so
+    they agree bit for bit. No autograd graph; eval mode for the forward and the caller's mode back after, because
+    training code probes its own student mid-run.
+
+    Args:
+        model: the backbone.
+        images: normalized network input, on any device.
+        device: where the forward runs; None: the device of the model's first parameter (CPU without parameters).
+        chunk_size: > 0 forwards that many images at a time (bounded memory); 0 one forward for all.
+        flip: embed the horizontal flip ``torch.flip(x, dims=[-1])`` instead (callers fuse or store both views).
+    """
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    outs = []
+    with torch.no_grad(), _eval_mode(model):
+        for chunk in torch.split(images, chunk_size) if chunk_size > 0 else (images,):
+            x = chunk.to(device, non_blocking=True)
+            outs.append(model(torch.flip(x, dims=[-1]) if flip else x).float())
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def _onnx_embedder(path: Path, device: torch.device) -> Embedder:
