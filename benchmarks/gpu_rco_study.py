@@ -12,11 +12,11 @@ Run by ``benchmarks/gpu_rco_study.sh`` as four steps, each its own process under
    :class:`~facerco.route.record.RouteRecorder` with its lr and its **validation** 1:N rank-1 (validation identities
    among the validation singletons). Then the anchor cache (:func:`facerco.route.cache.build_cache`) of every route
    point over the training set, and the final teacher's embeddings of the congruence probe set.
-3. ``students``: ``mbf_0.8m`` trained by the library's job :func:`facerco.train.student.run_distill` (the engine, the
+3. ``students``: ``mbf_0.8m`` trained by the library's job :func:`facerco.distill.job.run_distill` (the engine, the
    plans of :mod:`facerco.route.strategies`, ArcFace + 10 x L2 mimicking, targets read from the cache), the teacher's
    full schedule (same epochs, same lr drops), for ``scratch``, ``mimic_final`` (the reference), ``early`` (the
    control) and the route strategies ``--strategies`` (default ``phase`` and ``lockstep``), each variant's distill
-   section taken from :data:`facerco.train.compare.VARIANTS`. Seed 0 is the pilot: the **gate** (teacher - scratch >=
+   section taken from :data:`facerco.distill.compare.VARIANTS`. Seed 0 is the pilot: the **gate** (teacher - scratch >=
    4 points and mimic_final - scratch >= 0.5 point of validation rank-1, as in ``rco_fmnist.py``) decides whether the
    counted seeds run. Students run in ``--workers`` processes at once; ``--budget-s`` stops launching new seeds when
    the time left cannot fit one, and ``--job-limit-s`` stops a single run.
@@ -350,9 +350,9 @@ def teacher_config(args: argparse.Namespace, layout: Layout) -> Any:
 
 
 def student_config(args: argparse.Namespace, layout: Layout, variant: str, seed: int) -> Any:
-    """The base student plus the variant's distill overrides from :data:`facerco.train.compare.VARIANTS`."""
+    """The base student plus the variant's distill overrides from :data:`facerco.distill.compare.VARIANTS`."""
     from facerco.config import apply_overrides, config_from_dict
-    from facerco.train.compare import VARIANTS
+    from facerco.distill.compare import VARIANTS
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
@@ -476,7 +476,7 @@ def nonfinite_rows(cache: Path) -> dict[str, int]:
 
 def probe_set(train: FaceArray) -> torch.Tensor:
     """The congruence probe images: the GSS probe set of the library (seeded, no flip)."""
-    from facerco.train.student import probe_images
+    from facerco.distill.planning import probe_images
 
     return probe_images(train, PROBE_IMAGES, 0)
 
@@ -544,8 +544,8 @@ def _alarm(signum: int, frame: Any) -> None:
 
 def run_job(variant: str, seed: int) -> dict[str, Any]:
     """Train one (variant, seed) student and score it; a finished run's result.json is reused."""
+    from facerco.distill.job import run_distill
     from facerco.models.checkpoint import load_model
-    from facerco.train.student import run_distill
     from facerco.utils.io import read_json, write_json
 
     w = _WORKER
@@ -829,7 +829,7 @@ STEPS: dict[str, Callable[[argparse.Namespace, Layout], Any]] = {
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from facerco.train.compare import VARIANTS
+    from facerco.distill.compare import VARIANTS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("step", choices=[*STEPS, "all"], help="one step (the shell script runs them in order) or all")

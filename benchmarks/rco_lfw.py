@@ -14,7 +14,7 @@ The pre-registered protocol (issue 11; ``benchmarks/README.md``, "RCO study prot
   :func:`facerco.route.cache.build_cache` (lockstep reads every point); ``--online`` runs the teacher instead.
 * **Students**: ``configs/student/_lfw_study_base.yaml`` (mobilefacenet width 0.25, 64-d, 77k parameters, ~40×
   smaller; the teacher's schedule: 16 epochs, lr drops after 8 and 12; mimic l2 ×10 + ArcFace) through
-  :func:`facerco.train.compare.builtin_variants` and :func:`~facerco.train.compare.run_compare` (the library's loop;
+  :func:`facerco.distill.compare.builtin_variants` and :func:`~facerco.distill.compare.run_compare` (the library's loop;
   one run per variant and seed under ``OUT/runs/<variant>/seed<k>``, finished runs reused). Variants: ``scratch``,
   ``mimic_final`` (the reference), the control ``early`` (and ``reverse`` when given) and the primary family
   ``rco_eeis_multi``, ``lockstep``, ``phase`` (any other route strategy of ``compare`` given in ``--variants`` joins
@@ -232,7 +232,7 @@ def teacher_complete(run: Path) -> bool:
 def check_teacher_validation(run: Path, data: Path) -> None:
     """Refuse a teacher whose route metrics were measured on the reported test pairs (issue 11, item 1)."""
     from facerco.config import load_config
-    from facerco.train.compare import check_validation_not_test
+    from facerco.distill.compare import check_validation_not_test
 
     config = run / "config.yaml"
     if not config.is_file():
@@ -249,7 +249,7 @@ def ensure_teacher(run: Path, config: Path, data: Path, overrides: Sequence[str]
         print(f"rco_lfw: reusing the finished teacher {run}", flush=True)
         return 0.0
     from facerco.config import load_config
-    from facerco.train.compare import check_validation_not_test
+    from facerco.distill.compare import check_validation_not_test
     from facerco.train.teacher import train_teacher
 
     cfg = load_config(config, [f"train.output={run}", f"data.train={data / 'train'}",
@@ -353,7 +353,7 @@ def stage_scaled_schedule(cfg: Any) -> Any:
 
 def make_variants(args: argparse.Namespace) -> list[Any]:
     """The ``--variants`` from the base student config (``compare``'s built-in distill overrides)."""
-    from facerco.train.compare import builtin_variants
+    from facerco.distill.compare import builtin_variants
 
     variants = builtin_variants(args.config, student_overrides(args), args.variants)
     for v in variants:
@@ -400,8 +400,8 @@ def test_metrics(run_dir: Path, evaluator: SplitEvaluator, setting: dict[str, An
 
 def train_group(args: argparse.Namespace, names: Sequence[str], seeds: Sequence[int]) -> None:
     """Train the runs of ``names``, seed by seed (a stopped study leaves whole seeds), and their test metrics."""
-    from facerco.train.compare import run_compare
-    from facerco.train.student import run_distill
+    from facerco.distill.compare import run_compare
+    from facerco.distill.job import run_distill
 
     train_set = MemoryFolder(Path(args.data) / "train", args.image_size)
     evaluators = open_evaluators(Path(args.data), args.image_size, args.eval_flip)
@@ -440,7 +440,7 @@ def finished_seeds(args: argparse.Namespace, variants: Sequence[Any], seeds: Seq
 def collect(args: argparse.Namespace, variants: Sequence[Any], seeds: Sequence[int],
             evaluators: dict[str, SplitEvaluator]) -> list[dict[str, Any]]:
     """One record per finished (variant, seed): anchors, steps, seconds, val and test metrics, congruence."""
-    from facerco.train.compare import run_compare
+    from facerco.distill.compare import run_compare
     from facerco.utils.io import read_json
 
     if not seeds:
@@ -622,7 +622,7 @@ def build_result(args: argparse.Namespace, variants: Sequence[Any], route: dict[
                  evaluators: dict[str, SplitEvaluator], seconds: float) -> dict[str, Any]:
     """Everything the table and a recomputation need (JSON-ready)."""
     from facerco.data.lfw_split import read_split
-    from facerco.train.student import build_student
+    from facerco.distill.builders import build_student
 
     cfg = variants[0].cfg
     split = read_split(args.data)
@@ -665,7 +665,7 @@ def build_result(args: argparse.Namespace, variants: Sequence[Any], route: dict[
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from facerco.train.compare import VARIANTS
+    from facerco.distill.compare import VARIANTS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="runs/lfw_cpu_data", help="prepared split (facerco.data.lfw_split)")

@@ -183,7 +183,7 @@ def train_students(dataset: Path, val_bin: Path, test_bin: Path, teacher: Path, 
     """Scratch, mimic-final (two seeds) and the phase route strategy: same student, data, budget and lr schedule
     as the teacher's (its drops scaled to the student's epochs). ``test_bin`` is declared as the reported test set,
     so `compare`'s guard refuses it as validation."""
-    from facerco.train.compare import builtin_variants, run_compare
+    from facerco.distill.compare import builtin_variants, run_compare
 
     done = _stage(f"students: {', '.join(STUDENT_VARIANTS)} ({RECOMMENDED} on two seeds)")
     scaled = [m * scale.student_epochs / scale.teacher_epochs for m in scale.milestones]

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from test_distill_support import student_cfg, train_teacher, write_faces
 
 from facerco.config import dump_config
-from facerco.train.compare import VARIANTS, builtin_variants, file_variants, format_table, run_compare
-from facerco.train.student import open_train_dataset
+from facerco.distill.builders import open_train_dataset
+from facerco.distill.compare import VARIANTS, builtin_variants, file_variants, format_table, run_compare
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_cli_variant_names_match_library():
     import argparse
 
     from facerco.commands.compare import register
-    from facerco.train.compare import DEFAULT_VARIANTS
+    from facerco.distill.compare import DEFAULT_VARIANTS
 
     assert set(DEFAULT_VARIANTS) <= set(VARIANTS)
     parser = argparse.ArgumentParser()
@@ -60,7 +60,7 @@ def test_cli_variant_names_match_library():
 
 def test_compare_all_variants_table(setup):
     root, path = setup
-    from facerco.train.compare import DEFAULT_VARIANTS
+    from facerco.distill.compare import DEFAULT_VARIANTS
 
     variants = builtin_variants(path)
     assert [v.name for v in variants] == list(DEFAULT_VARIANTS)
@@ -86,7 +86,7 @@ def test_compare_seeds_mean_std_and_reuse(setup):
     calls = []
 
     def counting(cfg, validator=None):
-        from facerco.train.student import run_distill
+        from facerco.distill.job import run_distill
 
         calls.append((cfg.train.output, cfg.train.seed))
         return run_distill(cfg, validator=validator)
@@ -155,7 +155,7 @@ def _guard_cfg(tmp_path, **data):
 
 
 def test_compare_refuses_validation_on_the_test_set(tmp_path):
-    from facerco.train.compare import Variant, check_validation_not_test
+    from facerco.distill.compare import Variant, check_validation_not_test
 
     fine = _guard_cfg(tmp_path, val_pairs=str(tmp_path / "val.txt"), val_bins=[str(tmp_path / "val.bin")])
     check_validation_not_test("ok", fine)  # separate files: accepted
@@ -176,7 +176,7 @@ def test_shipped_lfw_configs_validate_on_their_own_split(tmp_path, capsys, monke
 
     from facerco.cli import main
     from facerco.config import load_config
-    from facerco.train.compare import check_validation_not_test
+    from facerco.distill.compare import check_validation_not_test
 
     repo = Path(__file__).resolve().parents[1]
     files = [repo / "configs" / "teacher" / "lfw_cpu.yaml", *sorted((repo / "configs" / "student").glob("lfw_cpu_*"))]

@@ -11,9 +11,12 @@ import torch
 from safetensors.torch import load_file
 from test_distill_support import student_cfg, train_teacher, write_faces
 
+from facerco.distill.builders import open_train_dataset
+from facerco.distill.job import run_distill
+from facerco.distill.planning import prepare_plan
+from facerco.distill.plots import read_congruence
 from facerco.route.cache import build_cache
 from facerco.route.io import load_route
-from facerco.train.student import open_train_dataset, prepare_plan, read_congruence, run_distill
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from test_distill_support import student_cfg, train_teacher, write_faces
 
-from facerco.train.student import run_distill
+from facerco.distill.job import run_distill
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +80,9 @@ def test_online_gss_resumes_exactly_and_logs_decisions(teacher, tmp_path):
 
 
 def test_ensemble_from_the_cache_reads_every_member(teacher, tmp_path):
+    from facerco.distill.builders import open_train_dataset
     from facerco.route.cache import build_cache
     from facerco.route.io import load_route
-    from facerco.train.student import open_train_dataset
 
     faces, run = teacher
     route = load_route(run)

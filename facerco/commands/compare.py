@@ -1,7 +1,7 @@
 """`facerco compare CONFIG... [--variants ...] [--seeds ...]`: baselines and RCO variants in one table.
 
 With one CONFIG the built-in variants are derived from it (scratch, mimic_final, mimic_best, rco_eeis_one,
-rco_eeis_multi, rco_gss); with several, each file is one variant. See :mod:`facerco.train.compare`.
+rco_eeis_multi, rco_gss); with several, each file is one variant. See :mod:`facerco.distill.compare`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from facerco.commands._common import add_debug_arg
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from facerco.train.compare import DEFAULT_VARIANTS, builtin_variants, file_variants, format_table, run_compare
+    from facerco.distill.compare import DEFAULT_VARIANTS, builtin_variants, file_variants, format_table, run_compare
 
     configs = [c for c in args.configs if "=" not in c]
     overrides = [c for c in args.configs if "=" in c] + list(args.set)
@@ -32,7 +32,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from facerco.train.compare import DEFAULT_VARIANTS, VARIANTS
+    from facerco.distill.compare import DEFAULT_VARIANTS, VARIANTS
 
     parser = subparsers.add_parser(
         "compare", help="train baselines and RCO variants under one budget and print a table",

@@ -1,6 +1,6 @@
 """`facerco distill CONFIG [overrides]`: train an RCO student (or a baseline) from a teacher route.
 
-Thin CLI over :func:`facerco.train.student.run_distill`; heavy imports happen inside the handler.
+Thin CLI over :func:`facerco.distill.job.run_distill`; heavy imports happen inside the handler.
 """
 
 from __future__ import annotations
@@ -11,14 +11,11 @@ from facerco.commands._common import add_config_args
 
 
 def _distill(args: argparse.Namespace) -> int:
-    from facerco.config import load_config
-    from facerco.train.student import build_validator, run_distill
-
-    cfg = load_config(args.config, args.overrides)
-    if cfg.kind != "student":
-        raise ValueError(f"{args.config}: kind is {cfg.kind!r}; `facerco distill` takes a student config "
-                         "(kind: student)")
+    from facerco.distill.builders import build_validator, load_student_config
+    from facerco.distill.job import run_distill
     from facerco.utils.device import resolve_device
+
+    cfg = load_student_config(args.config, args.overrides)
 
     result = run_distill(cfg, validator=build_validator(cfg, str(resolve_device(cfg.train.device))))
     val = "  ".join(f"{k} {v:.4f}" for k, v in result.val.items())
@@ -60,28 +57,14 @@ def _plan_overrides(args: argparse.Namespace) -> list[str]:
 def _route_plan(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from facerco.config import load_config
+    from facerco.distill.builders import open_train_dataset
+    from facerco.distill.planning import prepare_plan, route_plan_config, write_plan
     from facerco.route.anchors import format_plan
     from facerco.route.io import load_route
     from facerco.route.plan import format_stages
-    from facerco.train.student import open_train_dataset, prepare_plan, write_plan
 
-    run = Path(args.run)
-    route = load_route(run)
-    if args.config:
-        cfg = load_config(args.config, [*args.overrides, *_plan_overrides(args)])
-    else:
-        # no student config: the teacher's data and batch settings, defaults elsewhere
-        teacher = run / "config.yaml"
-        base = load_config(teacher if teacher.is_file() else None)
-        data = [f"data.train={base.data.train}", f"data.format={base.data.format}",
-                f"data.image_size={base.data.image_size}", f"train.batch_size={base.train.batch_size}",
-                f"train.epochs={base.train.epochs}", "kind=student"]
-        cfg = load_config(None, [*data, *args.overrides, *_plan_overrides(args)])
-    if args.dataset:
-        from dataclasses import replace
-
-        cfg = replace(cfg, data=replace(cfg.data, train=args.dataset))
+    route = load_route(Path(args.run))
+    cfg = route_plan_config(args.run, args.config, [*args.overrides, *_plan_overrides(args)], args.dataset)
     dataset = open_train_dataset(cfg)
     # without a student config the GSS walk starts at the first route point (no student to measure)
     spe, anchor_plan, stage_plan = prepare_plan(cfg, route, dataset, student_start=bool(args.config))

@@ -1,7 +1,7 @@
 """`facerco train JOB CONFIG [overrides]`: run a training job through the shared engine.
 
 Jobs are looked up in ``JOBS`` (name -> "module:function" taking a Config); ``student`` is the student job
-(:func:`facerco.train.student.run_distill`, the same as `facerco distill`). Launch with
+(:func:`facerco.distill.job.run_distill`, the same as `facerco distill`). Launch with
 ``torchrun --nproc_per_node N -m facerco train teacher CONFIG`` for DDP.
 """
 
@@ -18,7 +18,7 @@ __all__ = ["JOBS", "register"]
 
 JOBS: dict[str, tuple[str, str]] = {
     "teacher": ("facerco.train.teacher:train_teacher", "train a margin-softmax teacher and record its route"),
-    "student": ("facerco.train.student:run_distill", "distill a student along a teacher route (RCO)"),
+    "student": ("facerco.distill.job:run_distill", "distill a student along a teacher route (RCO)"),
 }
 
 

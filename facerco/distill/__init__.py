@@ -1,0 +1,15 @@
+"""facerco.distill: the student side of RCO, one job per module.
+
+- ``anchors``: where anchor targets come from (route points run online, or the anchor-feature cache)
+- ``task``: the student task (arcface + mimic + KD + hint, congruence logging, the anchor at each step)
+- ``gate``: the gate callback (skip an anchor whose val metric is below the student's)
+- ``planning``: GSS probes and the anchor/stage plan of a config (`route plan`, `cache --config`, `distill`)
+- ``builders``: the student backbone, training set, margin head, validator and teacher facts a job needs
+- ``plots``: congruence read from ``log.jsonl``, summarised per stage, plotted
+- ``job``: ``run_distill``, the `facerco distill` job (setup steps, engine, files a run leaves)
+- ``compare``: baselines and RCO variants under one budget (`facerco compare`)
+
+The package imports ``facerco.route`` and ``facerco.train``; neither imports it (``facerco.train.student`` and
+``facerco.train.compare`` are re-export shims kept for old imports). Nothing is re-exported here, so that
+`facerco --help` need not import the job: import from the modules.
+"""
