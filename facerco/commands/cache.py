@@ -18,44 +18,25 @@ def _cache(args: argparse.Namespace) -> int:
 
     from facerco.data.datasets import open_dataset
     from facerco.data.transforms import EvalTransform
-    from facerco.route.anchors import route_points
-    from facerco.route.cache import build_cache
+    from facerco.route.cache import build_cache, route_anchors, teacher_input_size
     from facerco.route.io import load_route
     from facerco.utils.device import resolve_device
 
     route = load_route(args.run)
-    points = route_points(route)
     image_size = args.image_size
-    if image_size is None:
-        from facerco.models.checkpoint import read_checkpoint_metadata
-
-        image_size = int(read_checkpoint_metadata(route.path(points[-1].name)).get("input_size", [112])[0])
     if args.config:
         from facerco.config import load_config
-        from facerco.train.student import prepare_plan
+        from facerco.distill.planning import plan_points
 
         cfg = load_config(args.config, args.overrides)
-        image_size = cfg.data.image_size if args.image_size is None else image_size
-        dataset_for_plan = open_dataset(args.dataset, args.format, EvalTransform(image_size))
-        _, _, stage_plan = prepare_plan(cfg, route, dataset_for_plan)
-        from facerco.route.strategies import required_points
-
-        names = required_points(stage_plan, points)  # ensemble members; every point for online GSS
-    elif args.anchors:
-        names = [n.strip() for n in args.anchors.split(",") if n.strip()]
-        names = [points[-1].name if n == "final" else n for n in names]
+        image_size = cfg.data.image_size if image_size is None else image_size
+        names: list[str] | None = plan_points(cfg, route, open_dataset(args.dataset, args.format,
+                                                                       EvalTransform(image_size)))
     else:
-        names = [p.name for p in points]
-    by_name = {p.name: p for p in route.points}
-    unknown = [n for n in names if n not in by_name]
-    if unknown:
-        raise ValueError(f"{args.run}: no route points {unknown}; points: {', '.join(by_name)}")
+        image_size = teacher_input_size(route) if image_size is None else image_size
+        names = [n.strip() for n in args.anchors.split(",") if n.strip()] if args.anchors else None
     device = resolve_device(args.device)
-
-    def loader(name: str):
-        return lambda: route.load_point(name, verify=True, device=str(device)).model
-
-    anchors = {n: (loader(n), by_name[n].sha256) for n in names}
+    anchors = route_anchors(route, names, device)
     dataset = open_dataset(args.dataset, args.format, EvalTransform(image_size))
     out = Path(args.out) if args.out else Path(args.run) / "cache"
     manifest = build_cache(out, anchors, dataset, shard_size=args.shard_size, batch_size=args.batch_size,
@@ -63,7 +44,7 @@ def _cache(args: argparse.Namespace) -> int:
                            meta={"teacher_run": str(Path(args.run).resolve()),
                                  "dataset": str(Path(args.dataset).resolve()), "image_size": image_size},
                            progress=not args.no_progress)
-    print(f"cache: {len(names)} anchor(s) x {len(dataset)} images (plain + flip, fp16) -> {manifest}")
+    print(f"cache: {len(anchors)} anchor(s) x {len(dataset)} images (plain + flip, fp16) -> {manifest}")
     return 0
 
 

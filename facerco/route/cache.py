@@ -47,6 +47,9 @@ __all__ = [
     "images_fingerprint",
     "transform_fingerprint",
     "build_cache",
+    "teacher_input_size",
+    "resolve_anchors",
+    "route_anchors",
     "AnchorCache",
 ]
 
@@ -262,12 +265,12 @@ def _open_existing(manifest_path: Path, fingerprint: dict[str, Any], shard_size:
     return manifest
 
 
-@torch.no_grad()
 def _embed(model: nn.Module, images: torch.Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of one batch: the extractor's embeddings of the images and of their flips (FLIP_CONVENTION)."""
+    from facerco.eval.features import embed_batch
+
     x = images.to(device)
-    plain = model(x).float().cpu().numpy()
-    flip = model(torch.flip(x, dims=[-1])).float().cpu().numpy()  # FLIP_CONVENTION
-    return plain, flip
+    return embed_batch(model, x, device).cpu().numpy(), embed_batch(model, x, device, flip=True).cpu().numpy()
 
 
 def build_cache(out_dir: str | Path, anchors: dict[str, tuple[Callable[[], nn.Module], str]], dataset: Dataset,
@@ -289,51 +292,64 @@ def build_cache(out_dir: str | Path, anchors: dict[str, tuple[Callable[[], nn.Mo
     Returns:
         the manifest path.
     """
-    from tqdm import tqdm
-
     if shard_size <= 0:
         raise ValueError(f"shard_size must be > 0, got {shard_size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / "manifest.json"
-    fingerprint = dataset_fingerprint(dataset)
-    if fingerprint["transform"].get("random_flip"):
-        raise ValueError(f"{manifest_path}: the dataset's transform flips at random; the cache needs a fixed "
-                         "transform (EvalTransform) because it stores both views itself")
-    if manifest_path.exists():
-        manifest = _open_existing(manifest_path, fingerprint, shard_size)
-    else:
-        manifest = _new_manifest(fingerprint, shard_size, meta or {})
-    n = fingerprint["num_items"]
-    num_shards = (n + shard_size - 1) // shard_size
-    dev = torch.device(device)
+    writer = _CacheWriter(out, dataset, shard_size, meta or {})
     for name, (load, point_sha) in anchors.items():
-        entry = manifest["anchors"].get(name)
+        writer.write_anchor(name, load, point_sha, batch_size, num_workers, torch.device(device), progress)
+    return writer.manifest_path
+
+
+class _CacheWriter:
+    """One cache directory being written: its manifest (new, or resumed after a check) and the shard layout."""
+
+    def __init__(self, out: Path, dataset: Dataset, shard_size: int, meta: dict[str, Any]) -> None:
+        self.out, self.dataset, self.shard_size = out, dataset, shard_size
+        self.manifest_path = out / "manifest.json"
+        fingerprint = dataset_fingerprint(dataset)
+        if fingerprint["transform"].get("random_flip"):
+            raise ValueError(f"{self.manifest_path}: the dataset's transform flips at random; the cache needs a "
+                             "fixed transform (EvalTransform) because it stores both views itself")
+        if self.manifest_path.exists():
+            self.manifest = _open_existing(self.manifest_path, fingerprint, shard_size)
+        else:
+            self.manifest = _new_manifest(fingerprint, shard_size, meta)
+        self.n = fingerprint["num_items"]
+        self.num_shards = (self.n + shard_size - 1) // shard_size
+
+    def write_anchor(self, name: str, load: Callable[[], nn.Module], point_sha: str, batch_size: int,
+                     num_workers: int, device: torch.device, progress: bool) -> None:
+        """Embed the anchor's missing shards (none: its model is never loaded); the manifest after each shard."""
+        from tqdm import tqdm
+
+        entry = self.manifest["anchors"].get(name)
         if entry is not None and entry.get("point_sha256") != point_sha:
-            raise ValueError(f"{manifest_path}: anchor {name}: route sha256 differs (cache "
+            raise ValueError(f"{self.manifest_path}: anchor {name}: route sha256 differs (cache "
                              f"{_short(entry.get('point_sha256'))}, route {_short(point_sha)}): it was cached from "
                              "another checkpoint; use a new cache directory")
         shards = {s["index"]: s for s in (entry or {}).get("shards", [])}
-        todo = [k for k in range(num_shards)
-                if k not in shards or not (out / shards[k]["file"]).is_file()]
+        todo = [k for k in range(self.num_shards)
+                if k not in shards or not (self.out / shards[k]["file"]).is_file()]
         if entry is not None and not todo:
-            continue
-        model = load().to(dev).eval()
-        folder = out / _anchor_dir(name)
+            return
+        model = load().to(device).eval()
+        folder = self.out / _anchor_dir(name)
         folder.mkdir(exist_ok=True)
-        bar = tqdm(total=len(todo) * shard_size, desc=f"cache {name}", unit="img", disable=not progress)
+        bar = tqdm(total=len(todo) * self.shard_size, desc=f"cache {name}", unit="img", disable=not progress)
         for k in todo:
-            start, end = k * shard_size, min(n, (k + 1) * shard_size)
+            start, end = k * self.shard_size, min(self.n, (k + 1) * self.shard_size)
             rel = f"{folder.name}/shard_{k:05d}.npy"
-            dim = _write_shard(out / rel, model, dataset, start, end, batch_size, num_workers, dev, bar, name, k)
-            shards[k] = {"index": k, "file": rel, "start": start, "end": end, "sha256": sha256_file(out / rel)}
-            manifest["anchors"][name] = {"embedding_size": dim or (entry or {}).get("embedding_size", 0),
-                                         "point_sha256": point_sha,
-                                         "shards": [shards[i] for i in sorted(shards)],
-                                         "complete": len(shards) == num_shards}
-            write_json(manifest_path, manifest)
+            dim = _write_shard(self.out / rel, model, self.dataset, start, end, batch_size, num_workers, device, bar,
+                               name, k)
+            shards[k] = {"index": k, "file": rel, "start": start, "end": end, "sha256": sha256_file(self.out / rel)}
+            self.manifest["anchors"][name] = {"embedding_size": dim or (entry or {}).get("embedding_size", 0),
+                                              "point_sha256": point_sha,
+                                              "shards": [shards[i] for i in sorted(shards)],
+                                              "complete": len(shards) == self.num_shards}
+            write_json(self.manifest_path, self.manifest)
         bar.close()
-    return manifest_path
 
 
 def _write_shard(path: Path, model: nn.Module, dataset: Dataset, start: int, end: int, batch_size: int,
@@ -359,6 +375,51 @@ def _write_shard(path: Path, model: nn.Module, dataset: Dataset, start: int, end
         arr.flush()
         del arr
     return dim
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which anchors, at which input size (what `facerco cache RUN DATASET` embeds)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def teacher_input_size(route: Any) -> int:
+    """Input side of the route's final point, from its checkpoint metadata (112 when it records none)."""
+    from facerco.models.checkpoint import read_checkpoint_metadata
+    from facerco.route.anchors import route_points
+
+    final = route_points(route)[-1].name
+    return int(read_checkpoint_metadata(route.path(final)).get("input_size", [112])[0])
+
+
+def resolve_anchors(route: Any, names: Sequence[str] | None = None) -> list[str]:
+    """Route point names to cache: ``names`` (``final`` is the final point), or every point when None.
+
+    Raises ValueError naming the run and its points when a name is not a point of the route.
+    """
+    from facerco.route.anchors import route_points
+
+    points = route_points(route)
+    if names is None:
+        chosen = [p.name for p in points]
+    else:
+        chosen = [points[-1].name if n == "final" else n for n in names]
+    known = [p.name for p in route.points]
+    unknown = [n for n in chosen if n not in known]
+    if unknown:
+        raise ValueError(f"{route.run_dir}: no route points {unknown}; points: {', '.join(known)}")
+    return chosen
+
+
+def route_anchors(route: Any, names: Sequence[str] | None,
+                  device: str | torch.device = "cpu") -> dict[str, tuple[Callable[[], nn.Module], str]]:
+    """:func:`build_cache`'s ``anchors`` for route points (see :func:`resolve_anchors`; None: every point): a
+    loader (sha256 verified) and the recorded sha256 of each."""
+    chosen = resolve_anchors(route, names)
+
+    def loader(name: str) -> Callable[[], nn.Module]:
+        return lambda: route.load_point(name, verify=True, device=str(device)).model
+
+    return {n: (loader(n), route.point(n).sha256) for n in chosen}
 
 
 # ---------------------------------------------------------------------------------------------------------------
