@@ -2,7 +2,8 @@
 
 NAME may be an alias (insightface's ``r100`` for ``iresnet100``); the listing shows each model's aliases.
 
-Models are built on PyTorch's meta device, so even iresnet200 is counted without allocating its weights.
+Thin CLI over :func:`facerco.models.info.model_info` (models built on PyTorch's meta device, so even iresnet200 is
+counted without allocating its weights); the library is imported inside the handler so ``facerco --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -10,35 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from facerco.commands._common import add_debug_arg
-from facerco.models import create_model, list_aliases, list_models, model_family, resolve_model_name
-from facerco.models.complexity import measure_complexity
 
-__all__ = ["register", "model_info"]
-
-
-def model_info(name: str, embedding_size: int | None = None, width_mult: float | None = None,
-               input_size: int = 112) -> dict[str, object]:
-    """Params and MACs (conv + linear, per image) of one registered model (or alias) at ``input_size`` squared."""
-    name = resolve_model_name(name)
-    with torch.device("meta"):
-        model = create_model(name, embedding_size=embedding_size, width_mult=width_mult,
-                             input_size=None if input_size == 112 else input_size)
-    cx = measure_complexity(model)
-    return {
-        "name": name,
-        "family": model_family(name),
-        "aliases": list_aliases().get(name, []),
-        "params": cx.params,
-        "trainable_params": cx.trainable_params,
-        "macs": cx.macs,
-        "elementwise_macs": cx.elementwise_macs,
-        "input_size": list(cx.input_size),
-        "embedding_size": model.meta.embedding_size,
-        "arch_kwargs": model.meta.arch_kwargs,
-    }
+__all__ = ["register"]
 
 
 def _row(info: dict[str, object]) -> str:
@@ -50,6 +25,9 @@ def _row(info: dict[str, object]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from facerco.models import list_models
+    from facerco.models.info import model_info
+
     if args.list:
         names = list_models()
     elif args.name:
