@@ -106,3 +106,28 @@ def test_distill_and_cache_refuse_another_image_size(route, tmp_path, capsys):
     assert f"input size differs (cache {IMAGE}x{IMAGE}, dataset 16x16)" in capsys.readouterr().err
     assert _cache_cli(run, faces, out, "--image-size", "16") == 1  # resuming into it at another size
     assert "built for another dataset or input: input size differs" in capsys.readouterr().err
+
+
+def test_cache_anchor_resolution_and_input_size(route, tmp_path, capsys):
+    """What `facerco cache` embeds without --config: named points ('final' included), else every point."""
+    import torch
+
+    from facerco.route.cache import resolve_anchors, route_anchors, teacher_input_size
+    from facerco.route.io import load_route
+
+    root, faces, run = route
+    loaded = load_route(run)
+    assert resolve_anchors(loaded) == ["epoch_001", "epoch_002", "epoch_003", "epoch_004"]
+    assert resolve_anchors(loaded, ["epoch_002", "final"]) == ["epoch_002", "epoch_004"]
+    with pytest.raises(ValueError, match=r"no route points \['epoch_009'\]; points: epoch_001, "):
+        resolve_anchors(loaded, ["epoch_009"])
+    assert teacher_input_size(loaded) == IMAGE
+    anchors = route_anchors(loaded, ["final"])
+    load, sha = anchors["epoch_004"]
+    assert list(anchors) == ["epoch_004"] and sha == loaded.point("epoch_004").sha256
+    assert load()(torch.zeros(1, 3, IMAGE, IMAGE)).shape == (1, 128)
+    argv = ["cache", str(run), str(faces), "--format", "folder", "--out", str(tmp_path / "c"), "--workers", "0",
+            "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--anchors", "epoch_009"]) == 1
+    assert "no route points ['epoch_009']" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "manifest.json").exists()

@@ -115,7 +115,8 @@ def embed_batch(model: nn.Module, images: torch.Tensor, device: torch.device | s
         model: the backbone.
         images: normalized network input, on any device.
         device: where the forward runs; None: the device of the model's first parameter (CPU without parameters).
-        chunk_size: > 0 forwards that many images at a time (bounded memory); 0 one forward for all.
+        chunk_size: > 0 forwards that many images at a time (bounded memory); 0 one forward for all. On CPU another
+            chunk size can move the last bits (gemm blocking), so a caller keeps its own fixed.
         flip: embed the horizontal flip ``torch.flip(x, dims=[-1])`` instead (callers fuse or store both views).
     """
     if device is None:
