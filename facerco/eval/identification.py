@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -315,6 +316,48 @@ def evaluate_identification(
         A JSON-serialisable dict: counts, backend, ``normalized``, and per size rank-1, CMC, TAR@FAR, thresholds and
         the ROC tail.
     """
+    probes, labels, store, noise_p, noise_d = _checked_inputs(probes, labels, distractors, ranks, normalize,
+                                                              probe_noise, distractor_noise)
+    subsets = _resolved_subsets(subsets, sizes, len(store), seed)
+    backend, device = resolve_backend(backend, device)
+    fars = [float(f) for f in fars]
+    k = _first_k(topk, ranks, fars, len(probes), max(len(ids) for ids in subsets.values()))
+    ctx = _context(probes, labels, store, noise_d, ranks, fars, roc_points,
+                   {"backend": backend, "device": device, "chunk_size": chunk_size, "progress": None})
+    bar = _progress_bar(subsets, noise_d, backend, device) if progress else None
+    per_chain = [_evaluate_chain(ctx, chain, subsets, k, bar) for chain in _chains(subsets)]
+    if bar is not None:
+        bar.close()
+    return {
+        "protocol": "megaface-challenge1",
+        "num_probes": len(probes),
+        "num_identities": int(len(np.unique(labels))),
+        "num_genuine_ordered": int(len(ctx.ord_p)),
+        "num_genuine_pairs": int(len(ctx.gen)),
+        "num_distractors": len(store),
+        "num_probe_noise": int(noise_p.sum()),
+        "num_distractor_noise": int(noise_d.sum()),
+        "backend": backend,
+        "device": device,
+        "normalized": bool(normalize),
+        "topk": k,
+        "refine_rounds": sum(rounds for _, rounds in per_chain),
+        "timings": {k: round(v, 3) for k, v in ctx.timings.items()},
+        "ties": "hit at rank k iff sim(p,g) > k-th largest distractor sim (strict); TAR counts genuine > threshold",
+        "sizes": sorted((r for results, _ in per_chain for r in results), key=lambda r: r["size"]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Steps of evaluate_identification
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _checked_inputs(
+    probes: np.ndarray, labels: np.ndarray, distractors: np.ndarray, ranks: int, normalize: bool,
+    probe_noise: np.ndarray | None, distractor_noise: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, DistractorStore, np.ndarray, np.ndarray]:
+    """Shapes and rows checked, probes normalized and noisy probes replaced: (probes, labels, store, noise masks)."""
     probes = np.ascontiguousarray(probes, dtype=np.float32)
     labels = np.asarray(labels)
     if probes.ndim != 2 or labels.shape != (len(probes),):
@@ -336,90 +379,109 @@ def evaluate_identification(
         raise ValueError(f"probe_noise must have shape ({len(probes)},), got {noise_p.shape}")
     if noise_p.any():
         probes = probe_noise_replace(probes, labels, noise_p)
+    return probes, labels, store, noise_p, noise_d
+
+
+def _resolved_subsets(subsets: Mapping[int, np.ndarray] | None, sizes: Sequence[int] | None, num_d: int,
+                      seed: int) -> dict[int, np.ndarray]:
+    """Explicit subsets as sorted unique ids (checked against ``num_d``), else the nested random ones of ``sizes``."""
     if subsets is None:
-        subsets = nested_subsets(num_d, sizes or default_sizes(num_d), seed)
-    else:
-        subsets = {int(s): np.unique(np.asarray(ids, np.int64)) for s, ids in subsets.items()}
-        for s, ids in subsets.items():
-            if len(ids) and (ids[0] < 0 or ids[-1] >= num_d):
-                raise ValueError(f"subset list for size {s} has ids outside 0..{num_d - 1}")
-    backend, device = resolve_backend(backend, device)
-    n = len(probes)
-    fars = [float(f) for f in fars]
-    s_max = max(len(ids) for ids in subsets.values())
+        return nested_subsets(num_d, sizes or default_sizes(num_d), seed)
+    out = {int(s): np.unique(np.asarray(ids, np.int64)) for s, ids in subsets.items()}
+    for s, ids in out.items():
+        if len(ids) and (ids[0] < 0 or ids[-1] >= num_d):
+            raise ValueError(f"subset list for size {s} has ids outside 0..{num_d - 1}")
+    return out
+
+
+def _first_k(topk: int | None, ranks: int, fars: Sequence[float], n: int, s_max: int) -> int:
+    """Candidates kept per probe in the first pass: enough for the CMC ranks and the largest FAR's impostors."""
     m_top = max((far_count(f, n * s_max) for f in fars), default=0)
     k = topk or max(ranks + 6, math.ceil(1.5 * (m_top + 1) / n) + 8)
-    k = int(max(1, min(k, s_max)))
-    scan_kw = {"backend": backend, "device": device, "chunk_size": chunk_size, "progress": None}
+    return int(max(1, min(k, s_max)))
 
+
+def _progress_bar(subsets: Mapping[int, np.ndarray], noise_d: np.ndarray, backend: str, device: str) -> Any:
+    """A tqdm bar over the clean distractors that the chains' first passes read."""
+    from tqdm import tqdm
+
+    total = sum(int((~noise_d[subsets[c[-1]]]).sum()) for c in _chains(subsets))
+    return tqdm(total=total, unit="distractor", desc=f"identification [{backend}/{device}]")
+
+
+@dataclass
+class _Context:
+    """What every chain of one evaluation shares: inputs, options, genuine pairs and the running timings."""
+
+    probes: np.ndarray
+    store: DistractorStore
+    noise_d: np.ndarray
+    p_norm: np.ndarray
+    ranks: int
+    fars: list[float]
+    roc_points: int
+    scan_kw: dict[str, Any]
+    ord_p: np.ndarray
+    ord_s: np.ndarray
+    gen: np.ndarray
+    timings: dict[str, float]
+
+
+def _context(probes: np.ndarray, labels: np.ndarray, store: DistractorStore, noise_d: np.ndarray, ranks: int,
+             fars: list[float], roc_points: int, scan_kw: dict[str, Any]) -> _Context:
+    """The shared state, with the genuine pairs scored once (timed)."""
     timings = {"genuine_s": 0.0, "scan_s": 0.0, "refine_s": 0.0, "exact_s": 0.0}
     t0 = time.perf_counter()
     gi, gj, gen = _genuine(probes, labels)
     timings["genuine_s"] = time.perf_counter() - t0
     # ordered pairs (p, g): the unordered scores serve both directions (exact_sims is symmetric)
-    ord_p = np.concatenate([gi, gj])
-    ord_s = np.concatenate([gen, gen])
+    return _Context(probes, store, noise_d, np.linalg.norm(probes.astype(np.float64), axis=1), ranks, fars,
+                    roc_points, scan_kw, np.concatenate([gi, gj]), np.concatenate([gen, gen]), gen, timings)
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        total = sum(int((~noise_d[subsets[c[-1]]]).sum()) for c in _chains(subsets))
-        bar = tqdm(total=total, unit="distractor", desc=f"identification [{backend}/{device}]")
-    scan_kw_first = dict(scan_kw, progress=bar)
+def _evaluate_chain(ctx: _Context, chain: list[int], subsets: Mapping[int, np.ndarray], k: int,
+                    bar: Any) -> tuple[list[dict[str, Any]], int]:
+    """One scan of a chain of nested subsets, then each size certified and scored exactly: (results, refine rounds)."""
+    segs, prev = [], np.zeros(0, np.int64)
+    for s in chain:
+        seg = np.setdiff1d(subsets[s], prev, assume_unique=True)
+        segs.append(seg[~ctx.noise_d[seg]])
+        prev = subsets[s]
+    chain_k = int(max(1, min(k, len(subsets[chain[-1]]))))
+    ctx.store.max_sq_norm = 0.0
+    t0 = time.perf_counter()
+    tops = scan_topk(ctx.probes, ctx.store, segs, chain_k, **dict(ctx.scan_kw, progress=bar))
+    ctx.timings["scan_s"] += time.perf_counter() - t0
+    d_norm = math.sqrt(ctx.store.max_sq_norm * (1 + 1e-3))  # float32 norms: inflate past their rounding
+    eps = _gamma(ctx.probes.shape[1]) * ctx.p_norm * d_norm + 1e-300
+    results, refine_rounds = [], 0
+    for s, top in zip(chain, tops):
+        result, rounds = _evaluate_size(ctx, s, subsets[s], top, eps)
+        results.append(result)
+        refine_rounds += rounds
+    return results, refine_rounds
 
-    p_norm = np.linalg.norm(probes.astype(np.float64), axis=1)
-    results = []
-    refine_rounds = 0
-    for chain in _chains(subsets):
-        segs, prev = [], np.zeros(0, np.int64)
-        for s in chain:
-            seg = np.setdiff1d(subsets[s], prev, assume_unique=True)
-            segs.append(seg[~noise_d[seg]])
-            prev = subsets[s]
-        chain_k = int(max(1, min(k, len(subsets[chain[-1]]))))
-        store.max_sq_norm = 0.0
-        t0 = time.perf_counter()
-        tops = scan_topk(probes, store, segs, chain_k, **scan_kw_first)
-        timings["scan_s"] += time.perf_counter() - t0
-        d_norm = math.sqrt(store.max_sq_norm * (1 + 1e-3))  # float32 norms: inflate past their rounding
-        eps = _gamma(probes.shape[1]) * p_norm * d_norm + 1e-300
-        eps_max = float(eps.max())
-        for s, top in zip(chain, tops):
-            ids_s = subsets[s][~noise_d[subsets[s]]]
-            num_imp = n * len(subsets[s])
-            ms = [far_count(f, num_imp) for f in fars]
-            lists = _Lists(top, len(ids_s))
-            t0 = time.perf_counter()
-            theta_cmc, theta_far, rounds = _refine(lists, probes, store, ids_s, eps, eps_max, ranks, ms, scan_kw)
-            refine_rounds += rounds
-            t1 = time.perf_counter()
-            ranked, taus, roc = _exact_size(lists, probes, store, theta_cmc, theta_far, ranks, ms, num_imp,
-                                            roc_points)
-            timings["refine_s"] += t1 - t0
-            timings["exact_s"] += time.perf_counter() - t1
-            results.append(_size_result(s, len(ids_s), num_imp, ord_p, ord_s, gen, ranked, fars, ms, taus, roc))
-    if bar is not None:
-        bar.close()
-    results.sort(key=lambda r: r["size"])
-    return {
-        "protocol": "megaface-challenge1",
-        "num_probes": n,
-        "num_identities": int(len(np.unique(labels))),
-        "num_genuine_ordered": int(len(ord_p)),
-        "num_genuine_pairs": int(len(gen)),
-        "num_distractors": num_d,
-        "num_probe_noise": int(noise_p.sum()),
-        "num_distractor_noise": int(noise_d.sum()),
-        "backend": backend,
-        "device": device,
-        "normalized": bool(normalize),
-        "topk": k,
-        "refine_rounds": refine_rounds,
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "ties": "hit at rank k iff sim(p,g) > k-th largest distractor sim (strict); TAR counts genuine > threshold",
-        "sizes": results,
-    }
+
+def _evaluate_size(ctx: _Context, size: int, subset: np.ndarray, top: TopK,
+                   eps: np.ndarray) -> tuple[dict[str, Any], int]:
+    """One size from its first-pass candidates: refine until certified, score exactly: (result, refine rounds).
+
+    Noisy distractors keep their slot in the impostor count (``len(subset)``) but are never candidates.
+    """
+    ids_s = subset[~ctx.noise_d[subset]]
+    num_imp = len(ctx.probes) * len(subset)
+    ms = [far_count(f, num_imp) for f in ctx.fars]
+    lists = _Lists(top, len(ids_s))
+    t0 = time.perf_counter()
+    theta_cmc, theta_far, rounds = _refine(lists, ctx.probes, ctx.store, ids_s, eps, float(eps.max()), ctx.ranks, ms,
+                                           ctx.scan_kw)
+    t1 = time.perf_counter()
+    ranked, taus, roc = _exact_size(lists, ctx.probes, ctx.store, theta_cmc, theta_far, ctx.ranks, ms, num_imp,
+                                    ctx.roc_points)
+    ctx.timings["refine_s"] += t1 - t0
+    ctx.timings["exact_s"] += time.perf_counter() - t1
+    result = _size_result(size, len(ids_s), num_imp, ctx.ord_p, ctx.ord_s, ctx.gen, ranked, ctx.fars, ms, taus, roc)
+    return result, rounds
 
 
 def _size_result(
