@@ -96,6 +96,11 @@ def test_decode_path_refuses_a_randomly_flipping_transform(tmp_path):
     ok = FolderDataset(tmp_path / "faces", EvalTransform(SIZE))
     with pytest.raises(ValueError, match="2 indices but 1 flip"):
         ok.decode_batch([0, 1], [0])
+    with pytest.raises(ValueError, match="out must be a contiguous uint8 tensor of shape"):
+        ok.decode_batch([0], [0], out=torch.empty((1, 8, 8, 3), dtype=torch.uint8))
+    into = torch.zeros((2, SIZE, SIZE, 3), dtype=torch.uint8)
+    images, _ = ok.decode_batch([3, 4], [1, 0], out=into)
+    assert images.data_ptr() == into.data_ptr() and torch.equal(into, ok.decode_batch([3, 4], [1, 0])[0])
 
 
 def test_pinning_only_for_cpu_batches_bound_for_cuda(tmp_path):

@@ -50,20 +50,26 @@ class _BatchDecoder:
         t = self.transform
         return isinstance(t, EvalTransform) and not getattr(t, "flip", False)
 
-    def decode_batch(self, indices: Sequence[int], flips: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_batch(self, indices: Sequence[int], flips: Sequence[int],
+                     out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Items ``indices`` as (uint8 (B, H, W, 3) RGB at the transform's size, labels (B,) int64), image k
-        mirrored left-right when ``flips[k]`` is set."""
+        mirrored left-right when ``flips[k]`` is set; written into ``out`` when given (e.g. shared memory)."""
         if not self.decodes_batches:
             raise ValueError(f"{type(self).__name__}: decode_batch needs an EvalTransform/TrainTransform(flip=False) "
                              f"transform, got {self.transform!r}")
         tf: EvalTransform = self.transform  # type: ignore[assignment]
         if len(indices) != len(flips):
             raise ValueError(f"decode_batch: {len(indices)} indices but {len(flips)} flip bits")
-        batch = np.empty((len(indices), tf.size, tf.size, 3), dtype=np.uint8)
+        shape = (len(indices), tf.size, tf.size, 3)
+        if out is None:
+            out = torch.empty(shape, dtype=torch.uint8)
+        elif out.dtype != torch.uint8 or tuple(out.shape) != shape or not out.is_contiguous():
+            raise ValueError(f"decode_batch: out must be a contiguous uint8 tensor of shape {shape}, got "
+                             f"{out.dtype} {tuple(out.shape)}")
+        batch = out.numpy()
         for k, (i, flip) in enumerate(zip(indices, flips, strict=True)):
             tf.prepare_into(self.read_image(int(i)), batch[k], bool(flip))
-        labels = torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64)])
-        return torch.from_numpy(batch), labels
+        return out, torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64)])
 
 
 def list_identity_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[Path], np.ndarray]:

@@ -18,13 +18,14 @@ Every path keeps the sampler's ``(index, flip)`` keys, one keys tensor per batch
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from facerco.data.transforms import normalize_batch
 from facerco.train.sampler import GlobalBatchSampler, KeyedBatch, KeyedDataset, collate_keyed, epoch_generator
@@ -59,8 +60,23 @@ class DecodedKeyedDataset(KeyedDataset):
 
     def __getitems__(self, keys: Sequence[tuple[int, int]]) -> KeyedBatch:
         key_array = np.asarray(keys, dtype=np.int64).reshape(-1, 2)
-        images, labels = self.base.decode_batch(key_array[:, 0], key_array[:, 1])  # type: ignore[attr-defined]
+        size = self.base.transform.size  # type: ignore[attr-defined]
+        out = _batch_buffer((len(key_array), size, size, 3))
+        images, labels = self.base.decode_batch(key_array[:, 0], key_array[:, 1], out)  # type: ignore[attr-defined]
         return KeyedBatch(images, labels, torch.from_numpy(key_array))
+
+
+def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    """An empty uint8 batch; inside a DataLoader worker, in shared memory from the start.
+
+    Why: a worker's ordinary tensor is copied into fresh shared memory when it is sent to the main process (a copy
+    and a page fault per 4 KiB); torch's own collate allocates its batches shared for this reason, with the same
+    (private) call used here when this torch has it.
+    """
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)
+    if get_worker_info() is None or new_shared is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    return torch.empty(0, dtype=torch.uint8).new(new_shared(math.prod(shape))).view(shape)
 
 
 def build_loader(dataset: Dataset, sampler: GlobalBatchSampler, *, workers: int, seed: int, epoch: int,
