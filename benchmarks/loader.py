@@ -7,10 +7,14 @@ gradients), then measures in images/s on one core:
   3. RecordDataset + TrainTransform through a DataLoader (batch 128) with 0, 1 and 2 persistent workers, one epoch
      after a warm-up epoch (worker start-up excluded); "float" = the contract (normalized float per
      image), "uint8" = workers ship uint8 HWC batches and normalize_batch runs on the device after .to(device)
-     (its CPU cost is shown on its own row).
-Goal: the 1-worker loader >= 0.9x decode alone. Wall-clock rates depend on what else runs on the machine; the
-images per CPU-second (this process + its DataLoader workers) show the cost of the work itself. Prints a table and
-writes JSON (--out).
+     (its CPU cost is shown on its own row);
+  4. the engine's own input pipeline (``facerco.train.feed.build_loader``: the keyed batch sampler with seeded flips,
+     each batch decoded + flipped into one uint8 tensor in the workers) with 1 and 2 workers, built anew every epoch
+     as the engine does, so its worker start-up is included; its CPU time is this process plus the exited workers
+     (``getrusage`` of self and children). normalize_batch is the device's part (row above).
+Goal: the 1-worker loader >= 0.9x decode alone (the engine rows per CPU-second). Wall-clock rates depend on what
+else runs on the machine; the images per CPU-second (this process + its DataLoader workers) show the cost of the
+work itself. Prints a table and writes JSON (--out).
 
     python benchmarks/loader.py --images 2000 --out bench_out/loader.json
 """
@@ -36,6 +40,8 @@ from torch.utils.data import DataLoader
 from facerco.data.datasets import RecordDataset
 from facerco.data.recordio import InsightfaceWriter
 from facerco.data.transforms import TrainTransform, decode_image, normalize_batch
+from facerco.train.feed import build_loader
+from facerco.train.sampler import GlobalBatchSampler
 from facerco.utils.io import write_json
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw_deepfunneled"
@@ -139,6 +145,35 @@ def _loader_run(ds: RecordDataset, workers: int, batch: int) -> Measure:
     return go
 
 
+def _cpu_with_children() -> float:
+    """CPU seconds of this process plus its exited (waited-for) children: the engine's per-epoch workers."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        use = resource.getrusage(who)
+        total += use.ru_utime + use.ru_stime
+    return total
+
+
+def _engine_run(root: Path, workers: int, batch: int, seed: int) -> Measure:
+    """One epoch through the DataLoader the engine builds (a new one per epoch, workers started and joined inside
+    the timing, as in ``Engine.fit``); each call is the next epoch of the same seeded order."""
+    ds = RecordDataset(root, TrainTransform(flip=False, size=112))  # what the teacher/student jobs open
+    sampler = GlobalBatchSampler(len(ds), batch, seed=seed, flip=True)
+    epochs = iter(range(1 << 30))
+
+    def go() -> tuple[int, float, float]:
+        epoch = next(epochs)
+        sampler.set_epoch(epoch)
+        t0, c0 = time.perf_counter(), _cpu_with_children()
+        n = 0
+        for images, _, _ in build_loader(ds, sampler, workers=workers, seed=seed, epoch=epoch,
+                                         device=torch.device("cpu")):
+            n += len(images)
+        return n, time.perf_counter() - t0, _cpu_with_children() - c0
+
+    return go
+
+
 def _normalize_batch_run(n: int, batch: int) -> Measure:
     """The device-side step of the uint8 path, timed on the CPU (on a GPU it is negligible)."""
     x = torch.randint(0, 256, (batch, 112, 112, 3), dtype=torch.uint8)
@@ -158,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--engine-workers", type=int, nargs="*", default=[1, 2],
+                        help="worker counts of the engine's own input pipeline rows")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench_out/loader.json")
     args = parser.parse_args(argv)
@@ -212,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         for out, ds in datasets.items():
             for workers in args.workers:
                 measures[f".rec loader {out}, {workers} worker(s)"] = _loader_run(ds, workers, args.batch)
+        for workers in args.engine_workers:
+            measures[f"engine loader uint8, {workers} worker(s)"] = _engine_run(root, workers, args.batch, args.seed)
         rates, cpu_rates = _interleaved(measures, args.repeats)
     base, cpu_base = rates["decode_image alone"], cpu_rates["decode_image alone"]
     for name, values in rates.items():
