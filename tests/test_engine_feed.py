@@ -146,14 +146,20 @@ class ConvTask(TrainTask):
         return {"loss": nn.functional.cross_entropy(self.head(self.backbone(images)), labels)}
 
 
-def _run(out: Path, dataset, max_steps: int = 0) -> list[float]:
-    cfg = config_from_dict({
+def _cfg(out: Path, max_steps: int = 0, channels_last: bool = False):
+    return config_from_dict({
         "train": {"output": str(out), "epochs": 3, "batch_size": 4, "log_every": 1, "tensorboard": False,
-                  "progress": False, "checkpoint_every_steps": 2, "max_steps": max_steps, "resume": True},
+                  "progress": False, "checkpoint_every_steps": 2, "max_steps": max_steps, "resume": True,
+                  "channels_last": channels_last},
         "data": {"num_workers": 0, "flip": True}, "schedule": {"warmup_epochs": 0.5, "decay": "cosine"},
         "optim": {"lr": 0.1}})
+
+
+def _run(out: Path, dataset, max_steps: int = 0, channels_last: bool = False) -> list[float]:
     seed_everything(0)
-    Engine(ConvTask(), dataset, cfg).fit()
+    engine = Engine(ConvTask(), dataset, _cfg(out, max_steps, channels_last))
+    assert engine.task.backbone[0].weight.is_contiguous() != channels_last  # NHWC weights when asked for
+    engine.fit()
     return [json.loads(x)["loss"] for x in (out / "log.jsonl").read_text().splitlines() if '"train"' in x]
 
 
@@ -164,3 +170,27 @@ def test_decode_path_trains_and_resumes_like_the_per_image_path(tmp_path):
     assert fast == slow and len(fast) == 18
     _run(tmp_path / "mixed", ItemsOnly(ds), max_steps=7)  # a run folder written by the per-image path...
     assert _run(tmp_path / "mixed", ds) == slow  # ...resumed on the decode path: the same run
+
+
+def test_channels_last_trains_the_same_model_and_resumes_exactly(tmp_path):
+    ds = FolderDataset(_faces(tmp_path / "faces"), TrainTransform(flip=False, size=SIZE))
+    nchw = _run(tmp_path / "nchw", ds)
+    nhwc = _run(tmp_path / "nhwc", ds, channels_last=True)
+    assert len(nhwc) == 18 and nhwc != [] and np.allclose(nhwc, nchw, rtol=1e-4, atol=1e-5)  # other rounding only
+    _run(tmp_path / "cut", ds, max_steps=5, channels_last=True)
+    assert _run(tmp_path / "cut", ds, channels_last=True) == nhwc  # resumed bitwise within the layout
+
+
+def test_run_folder_from_before_a_new_config_key_still_resumes(tmp_path):
+    import yaml
+
+    from facerco.config import dump_config
+    from facerco.train.engine import check_resume_config
+
+    old = yaml.safe_load(dump_config(_cfg(tmp_path)))
+    del old["train"]["channels_last"]  # written before the key existed
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    (tmp_path / "last.pt").write_bytes(b"")
+    check_resume_config(tmp_path, _cfg(tmp_path))  # absent = the default it had then
+    with pytest.raises(ValueError, match=r"train.channels_last: False -> True"):
+        check_resume_config(tmp_path, _cfg(tmp_path, channels_last=True))

@@ -109,6 +109,8 @@ def check_resume_config(run_dir: str | Path, cfg: Config) -> None:
         return
     saved = _flatten(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {})
     now = _flatten(config_to_dict(cfg))
+    # a key added to the schema after the run was written had its default then: absent means the default
+    saved = {**_flatten(config_to_dict(type(cfg)())), **saved}
     changed = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE_KEYS and saved.get(k) != now.get(k))
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:8])
@@ -183,6 +185,8 @@ class Engine:
         self.device = self.dist.device
         self.run_dir = Path(run_dir or tc.output)
         self.task = task.to(self.device)
+        if tc.channels_last:  # before DDP and the optimizer see the parameters
+            self.task.to(memory_format=torch.channels_last)
         self.dataset = dataset
         self.batch_path = batch_path(dataset)
         self.sampler = GlobalBatchSampler(
@@ -372,7 +376,7 @@ class Engine:
         step = self.step
         self.task.on_step_start(step)
         self._set_lr(step)
-        images = device_images(images, self.device)
+        images = device_images(images, self.device, self.cfg.train.channels_last)
         labels = labels.to(self.device, non_blocking=True)
         kwargs = {"keys": keys.to(self.device)} if self.task.wants_keys else {}
         with self.precision.autocast():

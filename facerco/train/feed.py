@@ -106,14 +106,15 @@ def build_loader(dataset: Dataset, sampler: GlobalBatchSampler, *, workers: int,
     )
 
 
-def device_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A loader batch on ``device`` as the model's float NCHW input: uint8 (B, H, W, 3) batches are normalized
-    there (after a 4x smaller copy); float batches pass through unchanged.
+def device_images(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """A loader batch on ``device`` as the model's float (B, 3, H, W) input: uint8 (B, H, W, 3) batches are
+    normalized there (after a 4x smaller copy); float batches pass through.
 
-    The normalized batch is made contiguous NCHW: the same memory layout as the per-image path, so convolutions
-    pick the same kernels and a run gives the same numbers whichever path fed it.
+    Memory layout: contiguous NCHW by default, the layout of the per-image path, so convolutions pick the same
+    kernels and a run gives the same numbers whichever path fed it; ``channels_last`` (``train.channels_last``)
+    gives NHWC, which the uint8 path produces without a transposing copy.
     """
     images = images.to(device, non_blocking=True)
     if images.dtype == torch.uint8:
-        return normalize_batch(images).contiguous()
-    return images
+        images = normalize_batch(images)
+    return images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
