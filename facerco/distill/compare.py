@@ -33,11 +33,12 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from facerco.config import Config, load_config
+
+if TYPE_CHECKING:  # `facerco --help` reads VARIANTS from here: no torch import for that
+    import torch
 
 __all__ = ["VARIANTS", "DEFAULT_VARIANTS", "Variant", "builtin_variants", "file_variants", "run_compare",
            "format_table", "check_validation_not_test"]
