@@ -40,3 +40,14 @@ def test_quick_demo_runs_and_resumes(tmp_path):
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert (out / "teacher" / "route.json").stat().st_mtime_ns == route_mtime
     assert ckpt.stat().st_mtime_ns == ckpt_mtime
+
+
+def test_only_the_recommended_student_reads_the_anchor_cache(tmp_path):
+    from facerco.demo import RECOMMENDED, STUDENT_VARIANTS, student_variants
+
+    cache = tmp_path / "anchor_cache"
+    variants = student_variants([f"distill.teacher_run={tmp_path / 'teacher'}"], cache)
+    assert [v.name for v in variants] == list(STUDENT_VARIANTS)
+    assert {v.name: v.cfg.distill.cache for v in variants} == {"scratch": "", RECOMMENDED: str(cache), "phase": ""}
+    assert all(v.cfg.train.val_every_epochs == 0 and v.cfg.train.channels_last for v in variants)
+    assert [v.name for v in student_variants([], cache, [RECOMMENDED])] == [RECOMMENDED]
