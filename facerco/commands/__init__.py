@@ -1,1 +1,5 @@
-"""CLI command modules; each exposes ``register(subparsers)``. Keep them thin: parse, call the library."""
+"""CLI command modules, one per ``facerco`` subcommand; each exposes ``register(subparsers)``.
+
+They parse arguments, call the library and print; logic lives in the packages (``prep``, ``data``, ``train``,
+``distill``, ``route``, ``eval``, ``export``, ``models``).
+"""

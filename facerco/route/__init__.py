@@ -1,1 +1,11 @@
-"""facerco.route."""
+"""facerco.route: the teacher's route, and what a student follows on it.
+
+- ``record``: the engine callback that records route points while a teacher trains
+- ``io``: reading ``route.json`` + ``route/<name>.safetensors`` (sha256 checked)
+- ``anchors``: choosing anchors (EEIS, GSS, manual, final, best) and probe divergences
+- ``strategies``: lockstep, phase, early, ensemble, reverse, online GSS; ``RouteFollower``
+- ``plan``: stage plans (which anchor at which step) and ``StagedSchedule``, the one staged lr schedule
+- ``cache``: the anchor-feature cache (every anchor's embedding of every training image)
+
+``route`` never imports ``train`` or ``distill``: the student side lives in :mod:`facerco.distill`.
+"""
