@@ -4,6 +4,12 @@ Every model carries ``.meta`` (:class:`ModelMeta`) and exposes ``forward`` (embe
 (last feature map), ``forward_head`` and ``reset_head``; ``feature_info`` lists the stage modules by name.
 insightface arcface_torch's backbone names ``r18 r34 r50 r100 r200`` are aliases of ``iresnet18`` … ``iresnet200``
 (``mbf`` and ``mbf_large`` already match): they are accepted wherever a model name is.
+
+- ``_registry``: the registry and its aliases
+- ``iresnet``, ``mobilefacenet``: the two families
+- ``meta``: ``ModelMeta`` (``model.meta``)
+- ``checkpoint``: safetensors checkpoints and strict loading of insightface ``.pth`` state_dicts
+- ``complexity``, ``info``: parameter and MAC counts (``facerco model-info``)
 """
 
 from facerco.models import iresnet, mobilefacenet  # noqa: F401  (registers the variants)
