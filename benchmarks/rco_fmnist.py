@@ -448,10 +448,22 @@ def run_student(args: argparse.Namespace, variant: str, seed: int, train: ArrayD
 
 def prepare(args: argparse.Namespace) -> tuple[ArrayDataset, dict[str, tuple[torch.Tensor, np.ndarray]],
                                                  list[dict[str, Any]]]:
+    """(the students' training set, validation and test, the teacher's route): the teacher trains on the whole
+    training split; with ``--student-images N`` students see a fixed seeded subset of it (the data-limited regime,
+    the same subset for every variant and seed, so runs stay paired)."""
     x, y = load_split(Path(args.data), "train", args.train_limit)
     train, val = split_train_val(x, y, args.val_size, args.split_seed)
     test = load_split(Path(args.data), "t10k", args.test_limit)
-    return train, {"val": val, "test": test}, train_teacher(args, train, val)
+    points = train_teacher(args, train, val)
+    return student_subset(train, args.student_images, args.split_seed), {"val": val, "test": test}, points
+
+
+def student_subset(train: ArrayDataset, count: int, seed: int) -> ArrayDataset:
+    """The first ``count`` images of a seeded permutation of ``train`` (in index order); all of it if 0."""
+    if count <= 0 or count >= len(train):
+        return train
+    keep = np.sort(np.random.default_rng(seed + 1).permutation(len(train))[:count])
+    return ArrayDataset(train.images[keep], train.labels[keep])
 
 
 def run_group(args: argparse.Namespace, variants: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
@@ -505,6 +517,11 @@ def _anchors_text(anchors: Sequence[str]) -> str:
     return " → ".join(short) or "–"
 
 
+def _images_text(result: dict[str, Any]) -> str:
+    n = result.get("student_images", result["train_images"])
+    return f", on a fixed subset of {n} training images" if n != result["train_images"] else ""
+
+
 def format_markdown(result: dict[str, Any]) -> str:
     route, gate, summary = result["route"], result["gate"], result["summary"]
     comps = summary["analysis"]["comparisons"]
@@ -514,7 +531,7 @@ def format_markdown(result: dict[str, Any]) -> str:
              f"{result['teacher_epochs']} epochs, lr ×0.1 at {result['teacher_milestones']}, test "
              f"{100 * result['teacher_test_acc']:.2f} %) · student {result['student_kind']} width "
              f"{result['student_width']} ({result['student_params']} params, {result['student_epochs']} epochs, same "
-             f"lr drops) · KD T={result['temperature']}, α={result['alpha']} · "
+             f"lr drops{_images_text(result)}) · KD T={result['temperature']}, α={result['alpha']} · "
              + (f"counted seeds {result['counted_seeds']}" if result["counted_seeds"]
                 else f"PILOT SEED {result['table_seeds']} ONLY (no counted seeds)"),
              "", "Teacher route (validation acc %): "
@@ -598,6 +615,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="cnn: three strided convs (114k at width 32); resnet: stem + three basic blocks")
     parser.add_argument("--teacher-width", type=int, default=32)
     parser.add_argument("--student-epochs", type=float, default=16.0)
+    parser.add_argument("--student-images", type=int, default=0,
+                        help="students train on a fixed seeded subset of N training images (0 = all; the teacher "
+                             "always trains on all): the data-limited regime")
     parser.add_argument("--student-kind", choices=["mlp", "cnn"], default="cnn",
                         help="cnn: the teacher's three strided convs at width W; mlp: 784-W-10")
     parser.add_argument("--student-width", type=int, default=4)
@@ -673,13 +693,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "benchmark": "rco_fmnist", "seeds": list(args.seeds), "pilot_seed": args.pilot_seed,
         "counted_seeds": counted_done, "variants": list(args.variants), "gate": gate,
-        "train_images": len(train), "val_images": len(evals["val"][1]), "test_images": len(evals["test"][1]),
+        "train_images": route_info.get("train_images", len(train)), "val_images": len(evals["val"][1]),
+        "test_images": len(evals["test"][1]),
         "teacher_kind": args.teacher_kind, "teacher_width": args.teacher_width,
         "teacher_params": sum(p.numel() for p in teacher.parameters()), "teacher_epochs": args.teacher_epochs,
         "teacher_milestones": route_info.get("milestones"), "teacher_seconds": route_info.get("seconds"),
         "teacher_test_acc": accuracy(teacher, evals["test"]),
         "student_kind": args.student_kind, "student_width": args.student_width,
         "student_params": sum(p.numel() for p in student.parameters()), "student_epochs": args.student_epochs,
+        "student_images": len(train),
         "temperature": args.temperature, "alpha": args.alpha, "final_share": args.final_share,
         "gss_delta": args.gss_delta, "batch": args.batch, "lr": args.lr,
         "route": points, "summary": summarize(runs, args.variants, counted_done or pilot), "runs": runs,
