@@ -13,6 +13,7 @@ The analysis (written down in ``benchmarks/README.md`` before the runs):
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import statistics
@@ -22,7 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["mean_std", "paired", "holm", "analyse", "verdict_lines", "run_workers", "split_groups"]
+__all__ = ["mean_std", "paired", "holm", "analyse", "verdict_lines", "run_workers", "split_groups",
+           "add_runner_args", "check_runner_args"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -127,6 +129,26 @@ def verdict_lines(analysis: dict[str, Any], scale: float = 100.0, unit: str = "p
                      f"Wilcoxon p={c['p_wilcoxon']:.3g}; {ctrl}; **{word}**"
                      + (f" (fails: {', '.join(failed)})" if failed else ""))
     return lines
+
+
+def add_runner_args(parser: argparse.ArgumentParser, out: str) -> None:
+    """The options every study runner shares: processes, threads, output folder, and the hidden worker flags."""
+    parser.add_argument("--jobs", type=int, default=1, help="training processes (variants split between them)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--worker-variants", nargs="+", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-seeds", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
+
+
+def check_runner_args(parser: argparse.ArgumentParser, args: argparse.Namespace, reference: str) -> None:
+    """Refuse a run the analysis could not use: no scratch or reference variant, a variant twice, no process."""
+    for needed in ("scratch", reference):
+        if needed not in args.variants:
+            parser.error(f"--variants must include {needed} (the gate and the reference need it)")
+    if len(set(args.variants)) != len(args.variants):
+        parser.error("--variants lists a variant twice")
+    if args.jobs < 1 or args.threads < 1:
+        parser.error("--jobs and --threads must be >= 1")
 
 
 def split_groups(items: Sequence[str], jobs: int) -> list[list[str]]:

@@ -635,17 +635,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gate-gap", type=float, default=4.0, help="points: teacher − scratch needed (validation)")
     parser.add_argument("--gate-kd", type=float, default=0.5, help="points: kd_final − scratch needed (validation)")
     parser.add_argument("--ignore-gate", action="store_true", help="run the counted seeds even if the gate fails")
-    parser.add_argument("--jobs", type=int, default=1, help="student processes (variants split between them)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--out", default="bench_out/rco_fmnist")
-    parser.add_argument("--worker-variants", nargs="+", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-seeds", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
+    _study.add_runner_args(parser, "bench_out/rco_fmnist")
     args = parser.parse_args(argv)
-    for needed in ("scratch", REFERENCE):
-        if needed not in args.variants:
-            parser.error(f"--variants must include {needed} (the gate and the reference need it)")
-    if args.jobs < 1 or args.threads < 1:
-        parser.error("--jobs and --threads must be >= 1")
+    _study.check_runner_args(parser, args, REFERENCE)
     return args
 
 

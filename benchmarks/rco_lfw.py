@@ -688,23 +688,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=32, help="network input side (the teacher's)")
     parser.add_argument("--set", nargs="*", default=[], help="extra dotted student overrides, e.g. train.max_steps=5")
     parser.add_argument("--online", action="store_true", help="run anchors online instead of the feature cache")
-    parser.add_argument("--jobs", type=int, default=1, help="training processes (variants split between them)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--teacher-eval", choices=["all", "final"], default="all",
                         help="teacher route points evaluated on validation (the final one is always, test too)")
     parser.add_argument("--eval-flip", action="store_true", help="flip-fused embeddings in evaluation (2x cost)")
     parser.add_argument("--aggregate-only", action="store_true", help="only build the table from finished runs")
-    parser.add_argument("--out", default="bench_out/rco_lfw")
-    parser.add_argument("--worker-variants", nargs="+", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-seeds", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
+    _study.add_runner_args(parser, "bench_out/rco_lfw")
     args = parser.parse_args(argv)
-    for needed in ("scratch", REFERENCE):
-        if needed not in args.variants:
-            parser.error(f"--variants must include {needed} (the gate and the reference need it)")
-    if len(set(args.variants)) != len(args.variants):
-        parser.error("--variants lists a variant twice")
-    if args.jobs < 1 or args.threads < 1:
-        parser.error("--jobs and --threads must be >= 1")
+    _study.check_runner_args(parser, args, REFERENCE)
     return args
 
 
