@@ -54,8 +54,10 @@ def test_cached_targets_equal_online_within_fp16(tmp_path):
         online = model(imgs)
     cached = cache.targets("epoch_002", idx, flips)
     assert cached.dtype == torch.float32
-    assert torch.allclose(cached, online.half().float(), atol=0, rtol=0)  # exactly the fp16 rounding of online
-    assert torch.allclose(cached, online, rtol=1e-3, atol=1e-3)
+    unit = torch.nn.functional.normalize(online, dim=1)
+    assert torch.allclose(cached, unit.half().float(), atol=0, rtol=0)  # the fp16 rounding of the unit vector
+    assert torch.allclose(cached, unit, rtol=1e-3, atol=1e-3)
+    assert read_json(tmp_path / "manifest.json")["rows"] == "l2-normalized"
     manifest = read_json(tmp_path / "manifest.json")
     assert [s["end"] for s in manifest["anchors"]["epoch_001"]["shards"]] == [4, 8, 11]
     arr = np.load(tmp_path / "epoch_001" / "shard_00002.npy", mmap_mode="r")
@@ -229,3 +231,34 @@ def test_fingerprint_is_cheap_and_stable(tmp_path):
     assert a == dataset_fingerprint(FolderDataset(faces, TrainTransform(flip=False, size=16, output="uint8")))
     assert a["images"]["samples"] == 64 and a["input_size"] == [16, 16]
     assert a["transform"]["normalize"] == [-1.0, 1.0] and a["transform"]["random_flip"] is False
+
+
+def test_rows_of_a_teacher_beyond_fp16_range_stay_finite(tmp_path):
+    ds = _Images()
+    big = _model(1)
+    with torch.no_grad():
+        big[-1].weight.mul_(1e6)  # raw embeddings far above float16's 65,504
+    with torch.no_grad():
+        raw = big(ds[0][0][None])
+    assert raw.abs().max() > 65504
+    build_cache(tmp_path, {"epoch_001": (lambda: big, "sha-a")}, ds, shard_size=8, batch_size=4, progress=False)
+    rows = AnchorCache(tmp_path).targets("epoch_001", torch.arange(len(ds)), torch.zeros(len(ds), dtype=torch.long))
+    assert torch.isfinite(rows).all()
+    assert torch.allclose(rows.norm(dim=1), torch.ones(len(ds)), atol=2e-3)
+
+
+def test_resuming_a_cache_of_raw_rows_keeps_writing_raw_rows(tmp_path):
+    ds = _Images()
+    build_cache(tmp_path, _anchors(), ds, shard_size=4, batch_size=4, progress=False)
+    manifest = read_json(tmp_path / "manifest.json")
+    del manifest["rows"]  # as written by facerco before rows were normalized
+    entry = manifest["anchors"]["epoch_002"]
+    entry["shards"], entry["complete"] = entry["shards"][:1], False
+    write_json(tmp_path / "manifest.json", manifest)
+    (tmp_path / "epoch_002" / "shard_00001.npy").unlink()
+    build_cache(tmp_path, _anchors(), ds, shard_size=4, batch_size=4, progress=False)
+    arr = np.load(tmp_path / "epoch_002" / "shard_00001.npy")
+    with torch.no_grad():
+        online = _model(2)(torch.stack([ds[i][0] for i in range(4, 8)]))
+    assert np.array_equal(arr[:, 0], online.half().numpy())  # raw, like the shards already there
+    assert "rows" not in read_json(tmp_path / "manifest.json")

@@ -5,6 +5,12 @@ Layout of a cache directory::
     manifest.json                 format, dataset fingerprint, input, shard size, per anchor: dim, point sha256, shards
     <anchor>/shard_00000.npy      float16 array (rows, 2, D): [:, 0] the image, [:, 1] its horizontal flip
 
+Rows are L2-normalized in float32 before the cast to float16 (manifest ``"rows": "l2-normalized"``): every loss
+that reads the cache normalizes the teacher embedding first (mimicking, ``s·cos`` KD logits, ensembles), so only
+the direction matters, and a raw embedding of a large teacher can exceed float16's range (65,504) and become
+``inf``. Caches written before this (no ``rows`` field) hold raw rows; resuming one keeps writing raw rows, so an
+anchor never mixes the two.
+
 Shards are written whole to a temporary file and renamed (atomic), and the manifest is rewritten after each
 shard, so a killed job resumes at the first missing shard. Every shard's sha256 is in the manifest and checked
 when the cache is opened. Reading is memory-mapped: the student loop fetches targets by dataset index and the
@@ -246,8 +252,11 @@ def _anchor_dir(name: str) -> str:
     return name
 
 
+ROWS_NORMALIZED = "l2-normalized"
+
+
 def _new_manifest(fingerprint: dict[str, Any], shard_size: int, meta: dict[str, Any]) -> dict[str, Any]:
-    return {"format": CACHE_FORMAT, "version": CACHE_VERSION, "dtype": "float16",
+    return {"format": CACHE_FORMAT, "version": CACHE_VERSION, "dtype": "float16", "rows": ROWS_NORMALIZED,
             "layout": "(rows, 2 [plain, flip], D)", "flip": FLIP_CONVENTION, "shard_size": int(shard_size),
             "dataset": fingerprint, "meta": meta, "anchors": {}}
 
@@ -265,12 +274,17 @@ def _open_existing(manifest_path: Path, fingerprint: dict[str, Any], shard_size:
     return manifest
 
 
-def _embed(model: nn.Module, images: torch.Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """The rows of one batch: the extractor's embeddings of the images and of their flips (FLIP_CONVENTION)."""
+def _embed(model: nn.Module, images: torch.Tensor, device: torch.device,
+           normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of one batch: the extractor's embeddings of the images and of their flips (FLIP_CONVENTION),
+    L2-normalized in float32 unless the cache being resumed holds raw rows."""
     from facerco.eval.features import embed_batch
 
     x = images.to(device)
-    return embed_batch(model, x, device).cpu().numpy(), embed_batch(model, x, device, flip=True).cpu().numpy()
+    rows = [embed_batch(model, x, device).float(), embed_batch(model, x, device, flip=True).float()]
+    if normalize:
+        rows = [torch.nn.functional.normalize(r, dim=1) for r in rows]
+    return rows[0].cpu().numpy(), rows[1].cpu().numpy()
 
 
 def build_cache(out_dir: str | Path, anchors: dict[str, tuple[Callable[[], nn.Module], str]], dataset: Dataset,
@@ -342,7 +356,7 @@ class _CacheWriter:
             start, end = k * self.shard_size, min(self.n, (k + 1) * self.shard_size)
             rel = f"{folder.name}/shard_{k:05d}.npy"
             dim = _write_shard(self.out / rel, model, self.dataset, start, end, batch_size, num_workers, device, bar,
-                               name, k)
+                               name, k, self.manifest.get("rows") == ROWS_NORMALIZED)
             shards[k] = {"index": k, "file": rel, "start": start, "end": end, "sha256": sha256_file(self.out / rel)}
             self.manifest["anchors"][name] = {"embedding_size": dim or (entry or {}).get("embedding_size", 0),
                                               "point_sha256": point_sha,
@@ -353,7 +367,7 @@ class _CacheWriter:
 
 
 def _write_shard(path: Path, model: nn.Module, dataset: Dataset, start: int, end: int, batch_size: int,
-                 num_workers: int, device: torch.device, bar: Any, name: str, k: int) -> int:
+                 num_workers: int, device: torch.device, bar: Any, name: str, k: int, normalize: bool = True) -> int:
     """Embed rows ``start:end`` (plain and flipped) into one fp16 .npy, atomically; returns the embedding size."""
     subset = torch.utils.data.Subset(dataset, range(start, end))
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -362,7 +376,7 @@ def _write_shard(path: Path, model: nn.Module, dataset: Dataset, start: int, end
         arr = None
         row = 0
         for batch in loader:
-            plain, flip = _embed(model, batch[0], device)
+            plain, flip = _embed(model, batch[0], device, normalize)
             if arr is None:
                 dim = plain.shape[1]
                 arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(end - start, 2, dim))
