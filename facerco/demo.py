@@ -328,7 +328,7 @@ def _delta_text(row: dict[str, Any], metric: str) -> str:
 
 
 def _markdown(rows: list[dict[str, Any]], parity: dict[str, Any], seconds: float,
-              exports: list[dict[str, Any]] | None = None) -> str:
+              exports: list[dict[str, Any]] | None = None, threads: int = 0) -> str:
     lines = ["# facerco demo (generated faces)", "",
              f"Recommended student: **{RECOMMENDED}** (mimic the final teacher): no route strategy met the success "
              "rule of the pre-registered LFW study (benchmarks/README.md). The route strategy `phase` is shown for "
@@ -355,16 +355,57 @@ def _markdown(rows: list[dict[str, Any]], parity: dict[str, Any], seconds: float
                   f"{e['file_bytes'] / 1e6:.2f} | {e['min_cosine']:.4f} / {e['mean_cosine']:.4f} | "
                   f"{100 * e['ver_acc']:.2f} ({100 * e['pytorch_ver_acc']:.2f}) |" for e in exports]
         lines.append("")
-    lines.append(f"Total time {seconds / 60:.1f} min. Plots: eval/roc.png, eval/cmc.png, students/compare.md, "
+    lines.append(f"Total time {seconds / 60:.1f} min" + (f" at {threads} torch thread(s)" if threads else "")
+                 + ". Plots: eval/roc.png, eval/cmc.png, students/compare.md, "
                  "teacher/route.png.")
     return "\n".join(lines) + "\n"
 
 
-def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Run (or resume) the whole demo into ``out``; returns the summary dict also written as summary.json."""
+def demo_threads(requested: int = 0, cpus: int | None = None, load: float | None = None,
+                 default: int | None = None) -> int:
+    """Torch threads for the demo: ``requested`` if > 0, else the cores not already busy (never more than torch's
+    default, at least 1).
+
+    Why: torch's CPU kernels split each op over all threads and wait for the slowest; with another process holding
+    one of 2 cores, 2 threads ran a student step 2.2× slower than 1 thread (1,607 vs 723 ms, mbf_0.8m at 48 px),
+    while on idle cores 2 threads are 1.7× faster. The 1-minute load average, read before the demo starts, says how
+    many cores are busy. The thread count changes the numbers (summation order), so it is printed and saved.
+    """
+    if requested > 0:
+        return requested
+    import os
+
+    import torch
+
+    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    load = load if load is not None else os.getloadavg()[0]
+    default = default if default is not None else torch.get_num_threads()
+    return max(1, min(default, cpus - int(round(load))))
+
+
+def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0, threads: int = 0) -> dict[str, Any]:
+    """Run (or resume) the whole demo into ``out``; returns the summary dict also written as summary.json.
+
+    ``threads``: torch threads (0: the cores free when the demo starts, :func:`demo_threads`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(demo_threads(threads))
+    print(f"facerco demo: {torch.get_num_threads()} torch thread(s)"
+          + ("" if threads > 0 else " (the cores not busy at start; --threads N pins it)"), flush=True)
+    try:
+        return _run_stages(Path(out), quick, seed)
+    finally:
+        torch.set_num_threads(before)  # a caller in the same process (a test, a notebook) keeps its setting
+
+
+def _run_stages(root: Path, quick: bool, seed: int) -> dict[str, Any]:
+    """Every stage in order (each resumable), then the summary files."""
+    import torch
+
     start = time.perf_counter()
     scale = SCALES["quick" if quick else "full"]
-    root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "scale.json", scale.__dict__)
     faces = make_faces(root / "data", scale, seed)
@@ -382,10 +423,11 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0) -
     parity = exported["parity"]
     rows = _summary_rows(models, evaluation, test_bin.stem)
     seconds = time.perf_counter() - start
-    summary = {"scale": "quick" if quick else "full", "seconds": seconds, "rows": rows,
+    summary = {"scale": "quick" if quick else "full", "seconds": seconds, "torch_threads": torch.get_num_threads(),
+               "rows": rows,
                "compare": table.get("rows", []), "onnx_parity": parity, "exports": exported["exports"]}
     write_json(root / "summary.json", summary)
-    text = _markdown(rows, parity, seconds, exported["exports"])
+    text = _markdown(rows, parity, seconds, exported["exports"], torch.get_num_threads())
     atomic_write_text(root / "summary.md", text)
     print("\n" + text, flush=True)
     return summary

@@ -51,3 +51,13 @@ def test_only_the_recommended_student_reads_the_anchor_cache(tmp_path):
     assert {v.name: v.cfg.distill.cache for v in variants} == {"scratch": "", RECOMMENDED: str(cache), "phase": ""}
     assert all(v.cfg.train.val_every_epochs == 0 and v.cfg.train.channels_last for v in variants)
     assert [v.name for v in student_variants([], cache, [RECOMMENDED])] == [RECOMMENDED]
+
+
+def test_demo_threads_follow_the_free_cores_unless_pinned():
+    from facerco.demo import demo_threads
+
+    assert demo_threads(cpus=2, load=0.1, default=2) == 2  # idle: every core
+    assert demo_threads(cpus=2, load=1.05, default=2) == 1  # one core held by another process
+    assert demo_threads(cpus=2, load=5.0, default=2) == 1  # never below one
+    assert demo_threads(cpus=16, load=0.0, default=4) == 4  # never above torch's default
+    assert demo_threads(3, cpus=2, load=2.0, default=2) == 3  # --threads pins it

@@ -10,7 +10,7 @@ from facerco.commands._common import add_debug_arg
 def _demo(args: argparse.Namespace) -> int:
     from facerco.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, seed=args.seed)
+    run_demo(args.out, quick=args.quick, seed=args.seed, threads=args.threads)
     return 0
 
 
@@ -30,5 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="smoke size for CI: about 1 minute on 2 idle CPU cores (52 s measured), several "
                         "minutes when the cores are shared")
     parser.add_argument("--seed", type=int, default=0, help="seed of data generation and training")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default 0: the cores not busy when the demo starts, from the load "
+                        "average; pin it to compare runs, since the thread count changes the numbers)")
     add_debug_arg(parser)
     parser.set_defaults(func=_demo)
