@@ -361,15 +361,41 @@ def _markdown(rows: list[dict[str, Any]], parity: dict[str, Any], seconds: float
     return "\n".join(lines) + "\n"
 
 
-def demo_threads(requested: int = 0, cpus: int | None = None, load: float | None = None,
+def busy_cores(interval: float = 0.5) -> float:
+    """How many cores other processes keep busy right now: CPU time over ``interval`` from ``/proc/stat`` (Linux),
+    else the 1-minute load average (which lags: it still counts a job that just ended)."""
+    import os
+
+    def sample() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as handle:
+                fields = [int(v) for v in handle.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    first = sample()
+    if first is None:
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    time.sleep(interval)
+    second = sample()
+    total = second[1] - first[1] if second else 0
+    if second is None or total <= 0:
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cpus = os.cpu_count() or 1
+    return cpus * (second[0] - first[0]) / total
+
+
+def demo_threads(requested: int = 0, cpus: int | None = None, busy: float | None = None,
                  default: int | None = None) -> int:
     """Torch threads for the demo: ``requested`` if > 0, else the cores not already busy (never more than torch's
     default, at least 1).
 
     Why: torch's CPU kernels split each op over all threads and wait for the slowest; with another process holding
     one of 2 cores, 2 threads ran a student step 2.2× slower than 1 thread (1,607 vs 723 ms, mbf_0.8m at 48 px),
-    while on idle cores 2 threads are 1.7× faster. The 1-minute load average, read before the demo starts, says how
-    many cores are busy. The thread count changes the numbers (summation order), so it is printed and saved.
+    while on idle cores 2 threads are 1.7× faster. :func:`busy_cores`, measured before the demo starts, says how many
+    cores are taken. The thread count changes the numbers (summation order), so it is printed and saved.
     """
     if requested > 0:
         return requested
@@ -379,9 +405,9 @@ def demo_threads(requested: int = 0, cpus: int | None = None, load: float | None
 
     cpus = cpus if cpus is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
         os.cpu_count() or 1)
-    load = load if load is not None else os.getloadavg()[0]
+    busy = busy if busy is not None else busy_cores()
     default = default if default is not None else torch.get_num_threads()
-    return max(1, min(default, cpus - int(round(load))))
+    return max(1, min(default, cpus - int(round(busy))))
 
 
 def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0, threads: int = 0) -> dict[str, Any]:
@@ -393,7 +419,8 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0, t
     before = torch.get_num_threads()
     torch.set_num_threads(demo_threads(threads))
     print(f"facerco demo: {torch.get_num_threads()} torch thread(s)"
-          + ("" if threads > 0 else " (the cores not busy at start; --threads N pins it)"), flush=True)
+          + ("" if threads > 0 else " (the cores not busy at start, measured over 0.5 s; --threads N pins it)"),
+          flush=True)
     try:
         return _run_stages(Path(out), quick, seed)
     finally:

@@ -56,8 +56,22 @@ def test_only_the_recommended_student_reads_the_anchor_cache(tmp_path):
 def test_demo_threads_follow_the_free_cores_unless_pinned():
     from facerco.demo import demo_threads
 
-    assert demo_threads(cpus=2, load=0.1, default=2) == 2  # idle: every core
-    assert demo_threads(cpus=2, load=1.05, default=2) == 1  # one core held by another process
-    assert demo_threads(cpus=2, load=5.0, default=2) == 1  # never below one
-    assert demo_threads(cpus=16, load=0.0, default=4) == 4  # never above torch's default
-    assert demo_threads(3, cpus=2, load=2.0, default=2) == 3  # --threads pins it
+    assert demo_threads(cpus=2, busy=0.1, default=2) == 2  # idle: every core
+    assert demo_threads(cpus=2, busy=1.05, default=2) == 1  # one core held by another process
+    assert demo_threads(cpus=2, busy=5.0, default=2) == 1  # never below one
+    assert demo_threads(cpus=16, busy=0.0, default=4) == 4  # never above torch's default
+    assert demo_threads(3, cpus=2, busy=2.0, default=2) == 3  # --threads pins it
+
+
+def test_busy_cores_sees_a_busy_loop_in_another_process():
+    import subprocess
+    import sys
+
+    from facerco.demo import busy_cores
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert busy_cores(0.5) >= 0.7  # the loop holds about one core (more if the machine is otherwise busy)
+    finally:
+        spinner.kill()
+        spinner.wait()

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "minutes when the cores are shared")
     parser.add_argument("--seed", type=int, default=0, help="seed of data generation and training")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (default 0: the cores not busy when the demo starts, from the load "
-                        "average; pin it to compare runs, since the thread count changes the numbers)")
+                        help="torch threads (default 0: the cores not busy when the demo starts, measured over "
+                        "0.5 s; pin it to compare runs, since the thread count changes the numbers)")
     add_debug_arg(parser)
     parser.set_defaults(func=_demo)
