@@ -93,3 +93,23 @@ def test_allow_dirty_flag() -> None:
     _provenance.add_provenance_args(parser)
     assert parser.parse_args([]).allow_dirty is False
     assert parser.parse_args(["--allow-dirty"]).allow_dirty is True
+
+
+def test_a_tree_changed_during_the_run_shows(repo: Path) -> None:
+    recorder = _provenance.Recorder(counted=False)
+    assert recorder.finish()["tree_changed"] is False
+    (repo / "a.py").write_text("x = 3\n")
+    block = recorder.finish()
+    assert block["tree_changed"] is True and block["dirty"] is False and block["at_end"]["dirty_files"] == ["a.py"]
+    again = _provenance.Recorder(counted=False)
+    (repo / "a.py").write_text("x = 4\n")  # same path still dirty, other content: the diff hash differs
+    assert again.finish()["tree_changed"] is True
+
+
+def test_command_line_and_counted_output(tmp_path: Path) -> None:
+    script = ROOT / "benchmarks" / "loader.py"
+    assert _provenance.command_line(script, ["--out", "x"]) == ["benchmarks/loader.py", "--out", "x"]
+    assert _provenance.command_line(script, None) == sys.argv
+    assert _provenance.counted_output(ROOT / "benchmarks" / "results" / "loader.json")
+    assert not _provenance.counted_output(tmp_path / "loader.json")
+    assert not _provenance.counted_output("bench_out/loader.json")
