@@ -32,8 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Recorder", "add_provenance_args", "command_line", "counted_output", "git_state", "cpu_info", "versions",
-           "DIRTY_LIST_CAP"]
+__all__ = ["Recorder", "add_provenance_args", "benchmark_recorder", "command_line", "counted_output", "git_state",
+           "cpu_info", "versions", "DIRTY_LIST_CAP"]
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -187,3 +187,9 @@ def command_line(script: str | Path, argv: Sequence[str] | None) -> list[str]:
 def counted_output(out: str | Path) -> bool:
     """Whether a benchmark writing ``out`` writes a counted result: ``out`` lies under ``benchmarks/results/``."""
     return Path(out).resolve().is_relative_to(RESULTS.resolve())
+
+
+def benchmark_recorder(script: str | Path, argv: Sequence[str] | None, args: argparse.Namespace) -> Recorder:
+    """The recorder of a benchmark's ``main(argv)``: counted when ``args.out`` is under ``benchmarks/results/``,
+    ``args.allow_dirty`` from :func:`add_provenance_args`."""
+    return Recorder(counted=counted_output(args.out), allow_dirty=args.allow_dirty, argv=command_line(script, argv))

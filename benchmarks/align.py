@@ -38,6 +38,9 @@ from facerco.prep.align import (
 from facerco.prep.detectors import create_detector, select_faces
 from facerco.utils.io import write_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import add_provenance_args, benchmark_recorder  # noqa: E402
+
 
 def _real_root() -> Path | None:
     root = Path(os.environ.get("FACERCO_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -163,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upsample", type=int, default=1)
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--out", default="bench_out/align.json")
+    add_provenance_args(parser)
     args = parser.parse_args(argv)
+    recorder = benchmark_recorder(__file__, argv, args)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         speed = bench_speed(args, tmp)
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"worst point median {entry['median_max_px']:.2f} px, p90 {entry['p90_max_px']:.2f} px; "
                 f"per point {entry['per_point_mean_px']}"
             )
-    write_json(args.out, {"speed": speed, "accuracy": acc})
+    write_json(args.out, {"speed": speed, "accuracy": acc, "provenance": recorder.finish()})
     print(f"\nwrote {args.out}")
     return 0
 

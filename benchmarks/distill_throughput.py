@@ -37,6 +37,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import add_provenance_args, benchmark_recorder  # noqa: E402
+
 GOAL_CACHED_VS_SCRATCH = 0.9
 
 
@@ -282,6 +285,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--amp", default="auto", choices=["auto", "off", "fp16", "bf16"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", default="bench_out/distill_throughput.json")
+    add_provenance_args(parser)
     args = parser.parse_args(argv)
     if args.windows < 2:
         parser.error("--windows must be >= 2 (the first window is warm-up)")
@@ -292,10 +296,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from facerco.utils.io import write_json
 
     args = parse_args(argv)
+    recorder = benchmark_recorder(__file__, argv, args)
     torch.set_num_threads(args.threads)
     result = run(args)
     print(format_table(result))
-    write_json(args.out, result)
+    write_json(args.out, {**result, "provenance": recorder.finish()})
     print(f"written {args.out}")
     return 0
 

@@ -42,6 +42,9 @@ from facerco.export.onnx import export_onnx, generated_images, normalize_batch, 
 from facerco.models import create_model
 from facerco.utils.io import write_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import add_provenance_args, benchmark_recorder  # noqa: E402
+
 BACKENDS = ("torch_eager", "torch_compile", "onnxruntime")
 ONNX_FILES = {"onnxruntime": "fp32", "onnxruntime_fp16": "fp16", "onnxruntime_int8": "int8",
               "onnxruntime_dynamic": "dynamic"}
@@ -301,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-root", default=None)
     parser.add_argument("--eval-bin", default=None)
     parser.add_argument("--out", default="bench_out/export.json")
+    add_provenance_args(parser)
     args = parser.parse_args(argv)
+    recorder = benchmark_recorder(__file__, argv, args)
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
     student = None
@@ -330,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_flags": _cpu_flags(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
         "rows": rows, "ratios_vs_fp32": ratios, "table_markdown": table, "student": student,
         "student_table_markdown": None if student is None else _student_table(student),
+        "provenance": recorder.finish(),
     })
     print(f"\nwrote {args.out}")
     return 0

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import add_provenance_args, benchmark_recorder  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -171,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="timed batch-64 calls per backend (median)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["identification", "onnx"])
     parser.add_argument("--out", default="bench_out/gpu_eval_export.json")
+    add_provenance_args(parser)
     args = parser.parse_args(argv)
+    recorder = benchmark_recorder(__file__, argv, args)
     device = str(resolve_device(args.device))
     result: dict[str, Any] = {
         "benchmark": "gpu_eval_export", "device": device,
@@ -186,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "onnx" not in args.skip:
         result["onnx"] = onnx_parity(args, device)
     print(format_table(result))
-    write_json(args.out, result)
+    write_json(args.out, {**result, "provenance": recorder.finish()})
     print(f"written {args.out}")
     return 0
 

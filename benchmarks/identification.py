@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import add_provenance_args, benchmark_recorder  # noqa: E402
+
 
 def _vm(key: str) -> float:
     """A /proc/self/status memory field in MiB (VmHWM = peak resident, VmRSS = now)."""
@@ -87,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="/tmp/facerco_bench", help="folder for the generated distractor .npy")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench_out/identification.json")
+    add_provenance_args(ap)
     args = ap.parse_args(argv)
+    recorder = benchmark_recorder(__file__, argv, args)
 
     import torch
 
@@ -143,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {"args": vars(args), "bare_product_s": bare, "bare_before_s": bare_before, "bare_after_s": bare_after,
            "runs": rows, "peak_rss_mib": peak,
            "distractor_array_mib": array_mib, "peak_minus_array_mib": extra, "python": sys.version.split()[0],
-           "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count()}
+           "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
+           "provenance": recorder.finish()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -44,6 +44,9 @@ from facerco.train.feed import build_loader
 from facerco.train.sampler import GlobalBatchSampler
 from facerco.utils.io import write_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import add_provenance_args, benchmark_recorder  # noqa: E402
+
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw_deepfunneled"
 
 
@@ -197,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker counts of the engine's own input pipeline rows")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench_out/loader.json")
+    add_provenance_args(parser)
     args = parser.parse_args(argv)
+    recorder = benchmark_recorder(__file__, argv, args)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     torch.manual_seed(args.seed)
@@ -264,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     _print_table(results)
-    write_json(args.out, results)
+    write_json(args.out, {**results, "provenance": recorder.finish()})
     print(f"\nwrote {args.out}")
     return 0
 

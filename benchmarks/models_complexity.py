@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -20,6 +22,9 @@ from facerco.models import create_model, list_models
 from facerco.models.complexity import measure_complexity
 from facerco.utils.device import resolve_device
 from facerco.utils.io import write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import add_provenance_args, benchmark_recorder  # noqa: E402
 
 PUBLISHED = {  # FORMATS.md §4: params (M), MACs (G) at 112x112
     "iresnet18": (24.0, 2.61), "iresnet34": (34.1, 4.46), "iresnet50": (43.6, 6.31), "iresnet100": (65.2, 12.09),
@@ -52,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-latency", action="store_true", help="only count params and MACs")
     parser.add_argument("--out", default="bench_out/models_complexity.json")
+    add_provenance_args(parser)
     args = parser.parse_args(argv)
+    recorder = benchmark_recorder(__file__, argv, args)
     device = resolve_device(args.device)
     names = args.models or [n for n in list_models() if n not in ("iresnet200", "mbf_large")]
     rows = []
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<15} {cx.params / 1e6:>8.2f}M {cx.macs / 1e9:>7.3f}G {pub_text:>15} "
               f"{model.meta.embedding_size:>5} {ms_text:>9}")
         del model
-    write_json(args.out, {"threads": torch.get_num_threads(), "rows": rows})
+    write_json(args.out, {"threads": torch.get_num_threads(), "rows": rows, "provenance": recorder.finish()})
     print(f"wrote {args.out}")
     return 0
 

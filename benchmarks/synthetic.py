@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -18,6 +20,9 @@ import cv2  # noqa: E402
 
 from facerco.data.synthetic import Nuisance, SyntheticFaces, encode_jpeg  # noqa: E402
 from facerco.utils.io import write_json  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import add_provenance_args, benchmark_recorder  # noqa: E402
 
 GOAL = 1000.0
 
@@ -33,7 +38,9 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=3000, help="images per timed case")
     parser.add_argument("--identities", type=int, default=100)
     parser.add_argument("--out", default="bench_out/synthetic.json")
+    add_provenance_args(parser)
     args = parser.parse_args()
+    recorder = benchmark_recorder(__file__, None, args)
     cv2.setNumThreads(1)
     ids = args.identities
     per = max(1, args.images // ids)
@@ -72,7 +79,8 @@ def main() -> int:
     best = rows[0]["per_s_cpu"]
     verdict = "meets" if best >= GOAL else "misses"
     print(f"goal >= {GOAL:.0f} aligned images/s on one core (CPU time): {verdict} ({best:.0f})")
-    write_json(args.out, {"goal_per_s": GOAL, "cv2_threads": 1, "rows": rows, "meets_goal": best >= GOAL})
+    write_json(args.out, {"goal_per_s": GOAL, "cv2_threads": 1, "rows": rows, "meets_goal": best >= GOAL,
+                          "provenance": recorder.finish()})
     return 0
 
 

@@ -29,7 +29,9 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -39,6 +41,9 @@ from torch import nn
 
 from facerco.data.synthetic import Nuisance, SyntheticFaces, encode_jpeg
 from facerco.utils.io import write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import add_provenance_args, benchmark_recorder  # noqa: E402
 
 
 def _render_set(gen: SyntheticFaces, ids: range, per: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +169,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     parser.add_argument("--out", default="bench_out/synthetic_difficulty.json")
+    add_provenance_args(parser)
     args = parser.parse_args()
+    recorder = benchmark_recorder(__file__, None, args)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
@@ -224,7 +231,7 @@ def main() -> int:
     print(f"{'model':10s} {'params':>8s} {'epochs':>6s} {'diff':>5s} {'rank-1':>7s} {'verif':>13s} {'train acc':>9s}")
     print(f"{args.model:10s} {result['params']:8d} {args.epochs:6d} {args.difficulty:5.2f} {r1 * 100:6.1f}% "
           f"{vacc * 100:6.2f}±{vstd * 100:4.2f}% {history[-1]['train_acc'] * 100:8.1f}%")
-    write_json(args.out, result)
+    write_json(args.out, {**result, "provenance": recorder.finish()})
     print(json.dumps({k: v for k, v in result.items() if k != "history"}))
     return 0
 

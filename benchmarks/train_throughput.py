@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import add_provenance_args, benchmark_recorder  # noqa: E402
 from distill_throughput import FaceArray, make_config, timed_fit  # noqa: E402
 
 
@@ -89,13 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--amp", default="auto", choices=["auto", "off", "fp16", "bf16"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="bench_out/train_throughput.json")
+    add_provenance_args(parser)
     args = parser.parse_args(argv)
+    recorder = benchmark_recorder(__file__, argv, args)
     if args.windows < 2:
         parser.error("--windows must be >= 2 (the first window is warm-up)")
     torch.set_num_threads(args.threads)
     result = run(args)
     print(format_table(result))
-    write_json(args.out, result)
+    write_json(args.out, {**result, "provenance": recorder.finish()})
     print(f"written {args.out}")
     return 0
 

@@ -312,6 +312,7 @@ def test_distill_and_train_throughput_tiny(tmp_path: Path) -> None:
     assert all(r["samples_per_s"] > 0 and r["steps"] == 2 for r in d["rows"])
     rates = [r["samples_per_s"] for r in d["rows"]]
     assert d["ratios"]["cached_vs_scratch"] == pytest.approx(rates[2] / rates[0])
+    assert d["provenance"]["recorded"] and not d["provenance"]["counted"]  # written outside benchmarks/results/
     assert train_throughput.main(["--device", "cpu", "--models", "iresnet_tiny", "--image-size", "32", "--batch", "4",
                                   "--window", "1", "--windows", "2", "--out", str(tmp_path / "t.json")]) == 0
     t = json.loads((tmp_path / "t.json").read_text())

@@ -113,3 +113,24 @@ def test_command_line_and_counted_output(tmp_path: Path) -> None:
     assert _provenance.counted_output(ROOT / "benchmarks" / "results" / "loader.json")
     assert not _provenance.counted_output(tmp_path / "loader.json")
     assert not _provenance.counted_output("bench_out/loader.json")
+
+
+def test_a_benchmark_writing_a_counted_result_refuses_a_dirty_tree(repo: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """models_complexity.py as the example of every benchmark: --out under the results folder is counted."""
+    import models_complexity
+
+    results = tmp_path / "results"
+    monkeypatch.setattr(_provenance, "RESULTS", results)
+    (repo / "a.py").write_text("x = 2\n")
+    argv = ["--models", "iresnet_tiny", "--no-latency", "--out", str(results / "c.json")]
+    with pytest.raises(SystemExit, match="refusing to write a counted result from a dirty tree"):
+        models_complexity.main(argv)
+    assert not (results / "c.json").exists()
+    assert models_complexity.main([*argv, "--allow-dirty"]) == 0
+    block = json.loads((results / "c.json").read_text())["provenance"]
+    assert block["counted"] and block["allow_dirty"] and block["dirty_files"] == ["a.py"]
+    assert block["argv"][0].endswith("benchmarks/models_complexity.py") and block["argv"][1:] == [*argv,
+                                                                                                   "--allow-dirty"]
+    assert models_complexity.main(["--models", "iresnet_tiny", "--no-latency", "--out", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["provenance"]["counted"] is False  # not under results/
