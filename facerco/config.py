@@ -52,8 +52,10 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where training images come from and how they are read."""
 
-    format: Literal["rec", "folder"] = "rec"  # explicit reader scheme, never guessed from files
-    train: str = ""  # dataset folder: train.rec/train.idx/property, or an aligned folder with one sub-folder per id
+    # explicit reader scheme, never guessed from files: rec, folder (one sub-folder per identity), images (a flat
+    # folder of aligned images without identities: labels -1, for students that only mimic)
+    format: Literal["rec", "folder", "images"] = "rec"
+    train: str = ""  # dataset folder: train.rec/train.idx/property, an identity folder, or a flat image folder
     val_bins: list[str] = field(default_factory=list)  # verification .bin files evaluated during training
     val_pairs: str = ""  # optional LFW-style pairs.txt evaluated during training (with val_root)
     val_root: str = ""

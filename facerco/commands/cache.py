@@ -54,9 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Embed every image of DATASET (and its horizontal flip) with route points of the teacher RUN. "
                     "Anchors: --anchors a,b,final; or the plan of a student --config; default every route point.")
     parser.add_argument("run", help="teacher run directory (holds route.json)")
-    parser.add_argument("dataset", help="training set: a .rec directory or an identity folder")
-    parser.add_argument("--format", choices=["rec", "folder", "auto"], default="auto",
-                        help="dataset reader (auto: rec when train.rec exists, else folder)")
+    parser.add_argument("dataset", help="training set: a .rec directory, an identity folder or a flat image folder")
+    parser.add_argument("--format", choices=["rec", "folder", "images", "auto"], default="auto",
+                        help="dataset reader (auto: rec when train.rec exists, else folder; images: a flat folder "
+                        "without identities, for a student that only mimics)")
     parser.add_argument("--out", default="", help="cache directory (default RUN/cache)")
     parser.add_argument("--anchors", default="", help="comma-separated route point names ('final' allowed)")
     parser.add_argument("--config", default="", help="student config whose anchor plan selects the points")

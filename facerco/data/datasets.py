@@ -1,8 +1,16 @@
-"""Training/evaluation datasets: insightface RecordIO folders and aligned image folders.
+"""Training/evaluation datasets: insightface RecordIO folders, aligned identity folders and flat image folders.
 
-Both give items ``(image_tensor, label)`` through a transform, expose ``labels`` (np.int64, available without decoding
-any image), ``num_classes`` and ``classes`` (identity names when known), and ``read_bytes(i)`` / ``read_image(i)`` for
-tools that want the encoded or decoded image. The reader is chosen by an explicit format, never by guessing.
+All give items ``(image_tensor, label)`` through a transform, expose ``labels`` (np.int64, available without decoding
+any image), ``num_classes``, ``classes`` (identity names when known) and ``labeled``, and ``read_bytes(i)`` /
+``read_image(i)`` for tools that want the encoded or decoded image. The reader is chosen by an explicit format, never
+by guessing:
+
+- ``rec``: an insightface ``train.rec`` folder (:class:`RecordDataset`)
+- ``folder``: one sub-folder per identity (:class:`FolderDataset`)
+- ``images``: a flat folder of aligned images with no identities (:class:`UnlabeledFolderDataset`): every label is
+  -1, ``num_classes`` is 0, ``classes`` is None and ``labeled`` is False. A student that only mimics its teacher
+  (``distill.arcface_weight: 0``, ``distill.kd_weight: 0``) trains on it; whatever needs labels (a margin head, KD,
+  the teacher job) refuses it at start through :func:`require_labels`.
 """
 
 from __future__ import annotations
@@ -25,10 +33,12 @@ from facerco.data.recordio import (
 )
 from facerco.data.transforms import EvalTransform, decode_image
 
-__all__ = ["IMAGE_EXTENSIONS", "list_identity_folder", "RecordDataset", "FolderDataset", "open_dataset"]
+__all__ = ["IMAGE_EXTENSIONS", "UNLABELED", "list_identity_folder", "list_image_folder", "RecordDataset",
+           "FolderDataset", "UnlabeledFolderDataset", "open_dataset", "require_labels"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".tif", ".tiff"})
 Transform = Callable[[np.ndarray], torch.Tensor]
+UNLABELED = -1  # the label of every item of an unlabeled dataset
 
 
 class _BatchDecoder:
@@ -102,8 +112,49 @@ def list_identity_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[
         paths.extend(base / entry.name / name for name in files)
         labels.extend([label] * len(files))
     if not classes:
-        raise ValueError(f"{base}: no identity sub-folders with images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        flat = " (the images sit directly in it: open it as unlabeled with format 'images', data.format=images)" if (
+            _image_files(base)) else ""
+        raise ValueError(f"{base}: no identity sub-folders with images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                         + flat)
     return classes, paths, np.asarray(labels, dtype=np.int64)
+
+
+def _image_files(folder: str | os.PathLike[str]) -> list[str]:
+    """Names of the visible image files directly in ``folder``, sorted byte-wise."""
+    return sorted(f.name for f in os.scandir(folder)
+                  if not f.name.startswith(".") and f.is_file() and os.path.splitext(f.name)[1].lower() in
+                  IMAGE_EXTENSIONS)
+
+
+def list_image_folder(root: str | os.PathLike[str]) -> list[Path]:
+    """List a flat folder of aligned images (no identities), in sorted (byte-wise) order.
+
+    Hidden entries and non-image files are skipped. A sub-folder holding images is refused: the folder is then an
+    identity folder (format ``folder``) or a mix of both, and which images to take would be a guess.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"{base}: image folder not found")
+    for entry in sorted(os.scandir(base), key=lambda e: e.name):
+        if not entry.name.startswith(".") and entry.is_dir() and _image_files(entry.path):
+            raise ValueError(f"{base}: sub-folder {entry.name!r} holds images; format 'images' reads a flat folder "
+                             "(images directly in it, no sub-folders): use format 'folder' for one sub-folder per "
+                             "identity")
+    names = _image_files(base)
+    if not names:
+        raise ValueError(f"{base}: no images directly in the folder ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return [base / name for name in names]
+
+
+def require_labels(dataset: object, fix: str) -> None:
+    """Raise ValueError when ``dataset`` is unlabeled (``labeled`` False), naming its folder and ``fix``.
+
+    For whatever needs identities: a margin head, KD over the classes, the teacher job.
+    """
+    if getattr(dataset, "labeled", True):
+        return
+    root = getattr(dataset, "root", type(dataset).__name__)
+    raise ValueError(f"{root}: unlabeled folder (no identity sub-folders); {fix}")
 
 
 class RecordDataset(_BatchDecoder, Dataset):
@@ -117,6 +168,8 @@ class RecordDataset(_BatchDecoder, Dataset):
         root: the dataset folder (or the ``.rec`` file itself; its ``.idx`` and ``property`` sit beside it).
         transform: maps an RGB uint8 (H, W, 3) image to a tensor; default ``EvalTransform()``.
     """
+
+    labeled = True
 
     def __init__(self, root: str | os.PathLike[str], transform: Transform | None = None) -> None:
         root = Path(root)
@@ -219,11 +272,18 @@ class FolderDataset(_BatchDecoder, Dataset):
         transform: maps an RGB uint8 (H, W, 3) image to a tensor; default ``EvalTransform()``.
     """
 
+    labeled = True
+
     def __init__(self, root: str | os.PathLike[str], transform: Transform | None = None) -> None:
         self.root = Path(root)
         self.transform = transform if transform is not None else EvalTransform()
-        self.classes, self.paths, self.labels = list_identity_folder(self.root)
-        self.num_classes = len(self.classes)
+        self.classes, self.paths, self.labels = self._list(self.root)
+        self.num_classes = len(self.classes or ())
+
+    @staticmethod
+    def _list(root: Path) -> tuple[list[str] | None, list[Path], np.ndarray]:
+        """(class names, image paths, labels) of the folder."""
+        return list_identity_folder(root)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -241,12 +301,30 @@ class FolderDataset(_BatchDecoder, Dataset):
         return self.transform(self.read_image(i)), int(self.labels[i])
 
 
+class UnlabeledFolderDataset(FolderDataset):
+    """A flat folder of aligned images without identities (see :func:`list_image_folder`): every label is
+    :data:`UNLABELED` (-1), ``num_classes`` 0, ``classes`` None. For students that only mimic a teacher.
+
+    Args:
+        root: the folder.
+        transform: maps an RGB uint8 (H, W, 3) image to a tensor; default ``EvalTransform()``.
+    """
+
+    labeled = False
+
+    @staticmethod
+    def _list(root: Path) -> tuple[list[str] | None, list[Path], np.ndarray]:
+        paths = list_image_folder(root)
+        return None, paths, np.full(len(paths), UNLABELED, dtype=np.int64)
+
+
 def open_dataset(
     path: str | os.PathLike[str],
-    fmt: Literal["rec", "folder", "auto"] = "auto",
+    fmt: Literal["rec", "folder", "images", "auto"] = "auto",
     transform: Transform | None = None,
 ) -> RecordDataset | FolderDataset:
-    """Open a dataset by explicit format; ``auto`` picks ``rec`` only when ``train.rec`` (or a .rec file) is given."""
+    """Open a dataset by explicit format (see the module docstring); ``auto`` picks ``rec`` only when ``train.rec``
+    (or a .rec file) is given, else ``folder`` (never ``images``: an unlabeled set is asked for by name)."""
     p = Path(path)
     if fmt == "auto":
         fmt = "rec" if (p.suffix == ".rec" and p.is_file()) or (p / "train.rec").is_file() else "folder"
@@ -254,4 +332,6 @@ def open_dataset(
         return RecordDataset(p, transform)
     if fmt == "folder":
         return FolderDataset(p, transform)
-    raise ValueError(f"unknown dataset format {fmt!r}; expected 'rec', 'folder' or 'auto'")
+    if fmt == "images":
+        return UnlabeledFolderDataset(p, transform)
+    raise ValueError(f"unknown dataset format {fmt!r}; expected 'rec', 'folder', 'images' or 'auto'")
