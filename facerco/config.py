@@ -129,6 +129,7 @@ class TrainConfig:
     progress: bool = True
     sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only); default keeps per-rank BN statistics like insightface
     channels_last: bool = False  # NHWC weights and inputs: faster convolutions (CPU depthwise ~1.6x); other rounding
+    threads: int = 0  # torch CPU threads; 0 = the cores not busy at start (measured over 0.5 s); N > 0 pins it
 
 
 @dataclass

@@ -156,8 +156,10 @@ def make_verification_bin(test_aligned: Path, out: Path, pairs: int, seed: int) 
     return out
 
 
-def train_teacher_stage(dataset: Path, val_bin: Path, run: Path, scale: DemoScale, seed: int) -> Path:
-    """The teacher and its route, validated on the validation identities' .bin (never on the reported test .bin)."""
+def train_teacher_stage(dataset: Path, val_bin: Path, run: Path, scale: DemoScale, seed: int, threads: int = 0
+                        ) -> Path:
+    """The teacher and its route, validated on the validation identities' .bin (never on the reported test .bin);
+    ``threads`` > 0 pins the job's torch threads (``train.threads``)."""
     from facerco.config import load_config
     from facerco.train.teacher import train_teacher
 
@@ -165,6 +167,7 @@ def train_teacher_stage(dataset: Path, val_bin: Path, run: Path, scale: DemoScal
     cfg = load_config(config_path("demo", "teacher.yaml"), [
         f"data.train={dataset}", f"data.val_bins=[{val_bin}]", f"train.output={run}", f"train.seed={seed}",
         f"train.epochs={scale.teacher_epochs}", f"schedule.milestones={list(scale.milestones)}",
+        f"train.threads={threads}",
     ])
     if not _finished(run):
         train_teacher(cfg)
@@ -212,7 +215,7 @@ def student_variants(overrides: list[str], cache: Path, names: tuple[str, ...] |
 
 
 def train_students(dataset: Path, val_bin: Path, test_bin: Path, teacher: Path, out: Path, scale: DemoScale,
-                   seed: int, cache: Path) -> dict[str, Any]:
+                   seed: int, cache: Path, threads: int = 0) -> dict[str, Any]:
     """Scratch, mimic-final (two seeds, targets from ``cache``) and the phase route strategy (its three anchors
     online): same student, data, budget and lr schedule as the teacher's (its drops scaled to the student's epochs).
     ``test_bin`` is declared as the reported test set, so `compare`'s guard refuses it as validation."""
@@ -222,7 +225,7 @@ def train_students(dataset: Path, val_bin: Path, test_bin: Path, teacher: Path, 
     scaled = [m * scale.student_epochs / scale.teacher_epochs for m in scale.milestones]
     overrides = [f"data.train={dataset}", f"data.val_bins=[{val_bin}]", f"eval.test_bins=[{test_bin}]",
                  f"distill.teacher_run={teacher}", f"train.epochs={scale.student_epochs}",
-                 f"schedule.milestones={scaled}"]
+                 f"schedule.milestones={scaled}", f"train.threads={threads}"]
     table = run_compare(student_variants(overrides, cache), [seed], out)
     run_compare(student_variants(overrides, cache, [RECOMMENDED]), [seed + NOISE_SEED_OFFSET], out / "noise")
     done(f"-> {out}/compare.md")
@@ -361,63 +364,18 @@ def _markdown(rows: list[dict[str, Any]], parity: dict[str, Any], seconds: float
     return "\n".join(lines) + "\n"
 
 
-def busy_cores(interval: float = 0.5) -> float:
-    """How many cores other processes keep busy right now: CPU time over ``interval`` from ``/proc/stat`` (Linux),
-    else the 1-minute load average (which lags: it still counts a job that just ended)."""
-    import os
-
-    def sample() -> tuple[int, int] | None:
-        try:
-            with open("/proc/stat", encoding="ascii") as handle:
-                fields = [int(v) for v in handle.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return sum(fields[:8]) - idle, sum(fields[:8])
-
-    first = sample()
-    if first is None:
-        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    time.sleep(interval)
-    second = sample()
-    total = second[1] - first[1] if second else 0
-    if second is None or total <= 0:
-        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    cpus = os.cpu_count() or 1
-    return cpus * (second[0] - first[0]) / total
-
-
-def demo_threads(requested: int = 0, cpus: int | None = None, busy: float | None = None,
-                 default: int | None = None) -> int:
-    """Torch threads for the demo: ``requested`` if > 0, else the cores not already busy (never more than torch's
-    default, at least 1).
-
-    Why: torch's CPU kernels split each op over all threads and wait for the slowest; with another process holding
-    one of 2 cores, 2 threads ran a student step 2.2× slower than 1 thread (1,607 vs 723 ms, mbf_0.8m at 48 px),
-    while on idle cores 2 threads are 1.7× faster. :func:`busy_cores`, measured before the demo starts, says how many
-    cores are taken. The thread count changes the numbers (summation order), so it is printed and saved.
-    """
-    if requested > 0:
-        return requested
-    import os
-
-    import torch
-
-    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
-    busy = busy if busy is not None else busy_cores()
-    default = default if default is not None else torch.get_num_threads()
-    return max(1, min(default, cpus - int(round(busy))))
-
-
 def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0, threads: int = 0) -> dict[str, Any]:
     """Run (or resume) the whole demo into ``out``; returns the summary dict also written as summary.json.
 
-    ``threads``: torch threads (0: the cores free when the demo starts, :func:`demo_threads`)."""
+    ``threads``: torch threads (0: the cores free when the demo starts,
+    :func:`facerco.utils.threads.choose_threads`); the demo's teacher and students run pinned to the same count
+    (``train.threads``), so every stage uses the one printed and saved."""
     import torch
 
+    from facerco.utils.threads import choose_threads
+
     before = torch.get_num_threads()
-    torch.set_num_threads(demo_threads(threads))
+    torch.set_num_threads(choose_threads(threads))
     print(f"facerco demo: {torch.get_num_threads()} torch thread(s)"
           + ("" if threads > 0 else " (the cores not busy at start, measured over 0.5 s; --threads N pins it)"),
           flush=True)
@@ -440,10 +398,11 @@ def _run_stages(root: Path, quick: bool, seed: int) -> dict[str, Any]:
     dataset = pack_train(aligned["train"], root / "data" / "train_rec")
     val_bin = make_verification_bin(aligned["val"], root / "data" / "val.bin", scale.pairs // 2, seed)
     test_bin = make_verification_bin(aligned["test"], root / "data" / "heldout.bin", scale.pairs, seed)
-    teacher = train_teacher_stage(dataset, val_bin, root / "teacher", scale, seed)
+    threads = torch.get_num_threads()  # chosen by run_demo; each job is pinned to it (train.threads)
+    teacher = train_teacher_stage(dataset, val_bin, root / "teacher", scale, seed, threads)
     _route_plot(teacher)
     cache = cache_final_anchor(dataset, teacher, root / "students" / "anchor_cache")
-    table = train_students(dataset, val_bin, test_bin, teacher, root / "students", scale, seed, cache)
+    table = train_students(dataset, val_bin, test_bin, teacher, root / "students", scale, seed, cache, threads)
     models = _models(teacher, root / "students", seed)
     evaluation = evaluate_models(models, test_bin, aligned["test"], faces["distractors"], root / "eval")
     exported = export_student(models[RECOMMENDED], root / "export", aligned["test"], aligned["train"], test_bin)

@@ -54,7 +54,7 @@ def test_only_the_recommended_student_reads_the_anchor_cache(tmp_path):
 
 
 def test_demo_threads_follow_the_free_cores_unless_pinned():
-    from facerco.demo import demo_threads
+    from facerco.utils.threads import choose_threads as demo_threads  # the demo's choice, shared with the jobs
 
     assert demo_threads(cpus=2, busy=0.1, default=2) == 2  # idle: every core
     assert demo_threads(cpus=2, busy=1.05, default=2) == 1  # one core held by another process
@@ -67,7 +67,7 @@ def test_busy_cores_sees_a_busy_loop_in_another_process():
     import subprocess
     import sys
 
-    from facerco.demo import busy_cores
+    from facerco.utils.threads import busy_cores
 
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:

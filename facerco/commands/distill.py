@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from facerco.commands._common import add_config_args
+from facerco.commands._common import add_config_args, add_threads_arg, job_overrides
 
 
 def _distill(args: argparse.Namespace) -> int:
@@ -15,7 +15,7 @@ def _distill(args: argparse.Namespace) -> int:
     from facerco.distill.job import run_distill
     from facerco.utils.device import resolve_device
 
-    cfg = load_student_config(args.config, args.overrides)
+    cfg = load_student_config(args.config, job_overrides(args))
 
     result = run_distill(cfg, validator=build_validator(cfg, str(resolve_device(cfg.train.device))))
     val = "  ".join(f"{k} {v:.4f}" for k, v in result.val.items())
@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "config: strategy eeis/gss/manual/final/best, one- or multi-stage schedule, mimic/KD/hint "
                     "weights, optional anchor-feature cache). Resumes from last.pt in train.output.")
     add_config_args(parser)
+    add_threads_arg(parser)
     parser.set_defaults(func=_distill)
 
 

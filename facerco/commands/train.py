@@ -11,7 +11,7 @@ import argparse
 import importlib
 import importlib.util
 
-from facerco.commands._common import add_config_args
+from facerco.commands._common import add_config_args, add_threads_arg, job_overrides
 from facerco.config import load_config
 
 __all__ = ["JOBS", "register"]
@@ -31,7 +31,7 @@ def _available(target: str) -> bool:
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, job_overrides(args))
     module_name, func_name = JOBS[args.job][0].split(":", 1)
     func = getattr(importlib.import_module(module_name), func_name)
     result = func(cfg)
@@ -53,4 +53,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             continue
         job = sub.add_parser(name, help=help_text, description=f"{help_text}. Resumes from <train.output>/last.pt.")
         add_config_args(job)
+        add_threads_arg(job)
         job.set_defaults(func=_run)

@@ -29,6 +29,7 @@ from facerco.route.cache import AnchorCache
 from facerco.route.plan import StagePlan
 from facerco.route.strategies import OnlineGSSCallback, ensemble_members, required_points
 from facerco.utils.callbacks import Callback
+from facerco.utils.threads import ThreadChoice, job_threads
 
 __all__ = ["DistillResult", "run_distill"]
 
@@ -81,11 +82,18 @@ def _open_route(cfg: Config) -> Any:
 
 def _setup(cfg: Config, route: Any, dist_info: Any, dataset: Any, head: nn.Module | None,
            head_factory: HeadFactory | None) -> _Setup:
-    """Data, student, head and plan, in the order the RNG is drawn (student weights, then the head)."""
+    """Data, student, head and plan, in the order the RNG is drawn (student weights, then the head); the head is
+    built only when a loss needs it (``distill.arcface_weight`` or ``kd_weight`` > 0), which needs labelled data."""
+    from facerco.data.datasets import require_labels
+
     d = cfg.distill
     points = route_points(route)
     device = dist_info.device
     dataset = dataset if dataset is not None else open_train_dataset(cfg)
+    if d.arcface_weight > 0 or d.kd_weight > 0:  # a margin head over identities; KD reads its logits
+        require_labels(dataset, f"distill.arcface_weight={d.arcface_weight:g} and distill.kd_weight={d.kd_weight:g} "
+                                "need identities: set distill.arcface_weight=0 and distill.kd_weight=0 to only mimic "
+                                "the teacher, or give one sub-folder per identity (data.format=folder)")
     backbone = build_student(cfg)
     initial = None
     if d.strategy == "gss" and not d.stages:
@@ -180,7 +188,7 @@ def _write_start(cfg: Config, s: _Setup, run_dir: Path, online: bool) -> None:
 
 
 def _write_end(cfg: Config, s: _Setup, task: StudentTask, result: Any, gate: GateCallback | None,
-               run_dir: Path) -> Path:
+               run_dir: Path, threads: ThreadChoice) -> Path:
     """student.safetensors (with the anchors followed), summary.json and congruence.png; returns the student."""
     from facerco.models.checkpoint import save_model_checkpoint
     from facerco.utils.io import write_json
@@ -194,6 +202,7 @@ def _write_end(cfg: Config, s: _Setup, task: StudentTask, result: Any, gate: Gat
         "step": result.step, "total_steps": result.total_steps, "seconds": result.seconds,
         "val": result.val, "last_parts": result.last_parts, "anchors": followed,
         "skipped_stages": sorted(task.skipped), "gate": gate.decisions if gate else [],
+        "torch_threads": threads.to_dict(),
         "congruence_per_stage": congruence_per_stage(run_dir / "log.jsonl", s.stage_plan, followed)})
     plot_congruence(run_dir / "log.jsonl", s.stage_plan, run_dir / "congruence.png",
                     f"{s.anchor_plan.strategy} / {s.stage_plan.kind}")
@@ -206,16 +215,25 @@ def run_distill(cfg: Config, *, dataset: Any = None, head: nn.Module | None = No
 
     ``dataset``/``head`` replace the config's training set and margin head; ``head_factory(cfg, embedding_size,
     num_classes)`` builds the head instead of the teacher job's; ``validator`` is the engine's periodic validation
-    (the gate needs it). A run folder with ``last.pt`` resumes.
+    (the gate needs it). A run folder with ``last.pt`` resumes. Torch runs with ``train.threads`` threads (0: the
+    cores not busy at start), printed and recorded in summary.json; the caller's count is restored afterwards.
     """
-    from facerco.route.plan import StagedSchedule
     from facerco.train import distributed as fdist
-    from facerco.train.engine import Engine
-    from facerco.train.schedule import stage_schedule_factory
     from facerco.utils.device import resolve_device
 
     route = _open_route(cfg)  # before the process group starts: a wrong teacher_run fails at once
     dist_info = fdist.init_distributed(resolve_device(cfg.train.device))
+    with job_threads(cfg.train.threads, "distill", announce=dist_info.is_main) as threads:
+        return _run(cfg, route, dist_info, dataset, head, head_factory, validator, threads)
+
+
+def _run(cfg: Config, route: Any, dist_info: Any, dataset: Any, head: nn.Module | None,
+         head_factory: HeadFactory | None, validator: Validator | None, threads: ThreadChoice) -> DistillResult:
+    """The body of :func:`run_distill` once the route is open and the process group is up."""
+    from facerco.route.plan import StagedSchedule
+    from facerco.train.engine import Engine
+    from facerco.train.schedule import stage_schedule_factory
+
     s = _setup(cfg, route, dist_info, dataset, head, head_factory)
     task = _build_task(cfg, s)
     schedule = StagedSchedule(s.stage_plan, stage_schedule_factory(cfg.schedule, s.spe, s.stage_plan.total_steps,
@@ -227,6 +245,6 @@ def run_distill(cfg: Config, *, dataset: Any = None, head: nn.Module | None = No
     engine = Engine(task, s.dataset, cfg, run_dir=run_dir, schedule=schedule, total_steps=s.stage_plan.total_steps,
                     callbacks=callbacks, validator=validator, dist_info=dist_info)
     result = engine.fit()
-    student_path = _write_end(cfg, s, task, result, gate, run_dir) if dist_info.is_main else None
+    student_path = _write_end(cfg, s, task, result, gate, run_dir, threads) if dist_info.is_main else None
     return DistillResult(run_dir, student_path, s.anchor_plan, s.stage_plan, result.step, result.seconds,
                          result.val, result.last_parts)

@@ -75,6 +75,7 @@ RESUME_FREE_KEYS = frozenset(
         "train.log_every",
         "train.resume",
         "train.device",
+        "train.threads",
         "data.num_workers",
         "eval.batch_size",
     }
@@ -428,6 +429,7 @@ class Engine:
         )
         window_t, window_n = time.time(), 0
         parts: dict[str, float] = {}
+        first_record = {"torch_threads": torch.get_num_threads()}  # in the first train record of this start/resume
         try:
             while self.step < self.stop_step:
                 epoch = self.epoch
@@ -444,9 +446,10 @@ class Engine:
                         logger.log(
                             "train",
                             self.step,
-                            {"epoch": self.step / self.steps_per_epoch, "lr": self.lr, "samples_per_s": rate, **parts},
+                            {"epoch": self.step / self.steps_per_epoch, "lr": self.lr, "samples_per_s": rate, **parts,
+                             **first_record},
                         )
-                        window_t, window_n = time.time(), 0
+                        window_t, window_n, first_record = time.time(), 0, {}
                     if self.validation_due(self.step):
                         logger.log("val", self.step, self.validate())
                     for cb in self.callbacks:

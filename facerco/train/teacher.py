@@ -23,6 +23,7 @@ from facerco.train.task import TrainTask
 from facerco.train.validation import build_validator
 from facerco.utils.device import resolve_device
 from facerco.utils.io import atomic_write_text
+from facerco.utils.threads import job_threads
 
 __all__ = ["TeacherTask", "build_backbone", "build_margin_head", "build_train_dataset", "train_teacher"]
 
@@ -100,50 +101,58 @@ def build_train_dataset(cfg: Config) -> Any:
 
 
 def train_teacher(cfg: Config) -> FitResult:
-    """Run (or resume) a teacher job; collective under torchrun."""
+    """Run (or resume) a teacher job; collective under torchrun.
+
+    Torch runs with ``train.threads`` threads (0: the cores not busy at start), printed and recorded in the first
+    train record of log.jsonl; the caller's count is restored afterwards.
+    """
     dist = fdist.init_distributed(resolve_device(cfg.train.device))
     try:
-        run_dir = Path(cfg.train.output)
-        check_resume_config(run_dir, cfg)
-        if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        seed_everything(cfg.train.seed, cfg.train.deterministic)
-        dataset = build_train_dataset(cfg)
-        backbone = build_backbone(cfg)
-        embedding_size = int(backbone.meta.embedding_size)  # type: ignore[union-attr]
-        head = build_head(cfg, embedding_size, int(dataset.num_classes))
-        task = TeacherTask(backbone, head)
-        meta = backbone.meta  # type: ignore[union-attr]
-        recorder = RouteRecorder(
-            run_dir,
-            cfg.route,
-            classifier_fn=task.full_classifier,
-            info={
-                "arch": meta.name,
-                "arch_kwargs": dict(meta.arch_kwargs),
-                "embedding_size": embedding_size,
-                "num_classes": int(dataset.num_classes),
-                "dataset": cfg.data.train,
-            },
-            metadata={"job": "teacher"},
-        )
-        device_name = str(dist.device)
-        validator = build_validator(
-            cfg.data.val_bins, cfg.data.val_pairs, cfg.data.val_root, cfg.eval.batch_size, device_name
-        )
-        engine = Engine(task, dataset, cfg, run_dir=run_dir, callbacks=[recorder], validator=validator, dist_info=dist)
-        if dist.is_main:
-            print(
-                f"teacher: {meta.name} ({sum(p.numel() for p in backbone.parameters()) / 1e6:.2f}M params) on "
-                f"{len(dataset)} images / {dataset.num_classes} classes; {dist.world_size} rank(s) x "
-                f"{cfg.train.batch_size} = {engine.global_batch} per step, {engine.steps_per_epoch} steps/epoch, "
-                f"{engine.total_steps} steps; device {dist.device}, {engine.precision.describe()}",
-                flush=True,
-            )
-        result = engine.fit()
+        with job_threads(cfg.train.threads, "teacher", announce=dist.is_main):
+            result = _train(cfg, dist)
     except BaseException:
         fdist.abort()  # no barrier: the other ranks may be gone
         raise
     fdist.cleanup()
     return result
+
+
+def _recorder(cfg: Config, run_dir: Path, task: TeacherTask, num_classes: int) -> RouteRecorder:
+    """The route recorder, with what route.json says about the teacher (arch, sizes, classes, dataset)."""
+    meta = task.backbone.meta  # type: ignore[union-attr]
+    info = {"arch": meta.name, "arch_kwargs": dict(meta.arch_kwargs), "embedding_size": int(meta.embedding_size),
+            "num_classes": num_classes, "dataset": cfg.data.train}
+    return RouteRecorder(run_dir, cfg.route, classifier_fn=task.full_classifier, info=info,
+                         metadata={"job": "teacher"})
+
+
+def _train(cfg: Config, dist: fdist.DistInfo) -> FitResult:
+    """The teacher job once the process group is up: config.yaml, data, backbone, head, route recorder, engine."""
+    from facerco.data.datasets import require_labels
+
+    run_dir = Path(cfg.train.output)
+    check_resume_config(run_dir, cfg)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    dataset = build_train_dataset(cfg)
+    require_labels(dataset, "the teacher job trains a margin-softmax classifier over identities: give one "
+                            "sub-folder per identity (data.format=folder) or a train.rec (data.format=rec)")
+    backbone = build_backbone(cfg)
+    embedding_size = int(backbone.meta.embedding_size)  # type: ignore[union-attr]
+    task = TeacherTask(backbone, build_head(cfg, embedding_size, int(dataset.num_classes)))
+    recorder = _recorder(cfg, run_dir, task, int(dataset.num_classes))
+    validator = build_validator(
+        cfg.data.val_bins, cfg.data.val_pairs, cfg.data.val_root, cfg.eval.batch_size, str(dist.device)
+    )
+    engine = Engine(task, dataset, cfg, run_dir=run_dir, callbacks=[recorder], validator=validator, dist_info=dist)
+    if dist.is_main:
+        print(
+            f"teacher: {backbone.meta.name} ({sum(p.numel() for p in backbone.parameters()) / 1e6:.2f}M params) on "
+            f"{len(dataset)} images / {dataset.num_classes} classes; {dist.world_size} rank(s) x "
+            f"{cfg.train.batch_size} = {engine.global_batch} per step, {engine.steps_per_epoch} steps/epoch, "
+            f"{engine.total_steps} steps; device {dist.device}, {engine.precision.describe()}",
+            flush=True,
+        )
+    return engine.fit()

@@ -4,4 +4,5 @@
 - ``callbacks``: the engine's callback protocol, here so that ``route`` and ``train`` share it without a loop
 - ``device``: device choice
 - ``workers``: how worker processes start (forkserver, never fork of a threaded process)
+- ``threads``: torch CPU threads for a job (the cores not busy at start, or pinned: ``train.threads``)
 """
