@@ -9,6 +9,11 @@ The analysis (written down in ``benchmarks/README.md`` before the runs):
 * Holm's step-down correction over the primary comparisons (one family per study);
 * success rule: Holm-adjusted p < 0.05, mean Δ ≥ ``min_gain``, ahead on ≥ 80 % of the seeds, and also ahead (mean Δ
   > 0) of every control (``early`` and ``reverse``) on the same seeds.
+
+Provenance (issue 22): a study run that trains counted seeds is counted (:func:`study_recorder` refuses a dirty tree
+unless ``--allow-dirty``); every run records the code it was trained with (:func:`code_stamp`), and the study's
+provenance block lists the distinct stamps of the runs in its table (:func:`run_codes`), so runs reused from an
+earlier invocation at another commit show.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import _provenance
+
 __all__ = ["mean_std", "paired", "holm", "analyse", "verdict_lines", "run_workers", "split_groups",
-           "add_runner_args", "check_runner_args"]
+           "add_runner_args", "check_runner_args", "study_recorder", "code_stamp", "run_codes"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -138,6 +145,7 @@ def add_runner_args(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--out", default=out)
     parser.add_argument("--worker-variants", nargs="+", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-seeds", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
+    _provenance.add_provenance_args(parser)
 
 
 def check_runner_args(parser: argparse.ArgumentParser, args: argparse.Namespace, reference: str) -> None:
@@ -170,3 +178,28 @@ def run_workers(script: Path, argv: Sequence[str], groups: Sequence[Sequence[str
         log.close()
     if any(codes):
         raise RuntimeError(f"{script.name}: a worker failed (exit codes {codes}); see {out}/worker<k>.log")
+
+
+def study_recorder(script: str | Path, argv: Sequence[str] | None, args: argparse.Namespace) -> _provenance.Recorder:
+    """The provenance recorder of a study's main process: counted when it would train a seed other than the pilot
+    (refuses a dirty tree unless ``--allow-dirty``); a pilot-only run is recorded but not counted."""
+    counted = any(s != args.pilot_seed for s in args.seeds)
+    return _provenance.Recorder(counted=counted, allow_dirty=args.allow_dirty, threads=args.threads,
+                                argv=_provenance.command_line(script, argv))
+
+
+def code_stamp() -> dict[str, Any]:
+    """The code a run is trained with: ``{"commit", "dirty", "diff_sha256"}`` of the checkout (None outside one)."""
+    state = _provenance.git_state()
+    return {k: state[k] for k in ("commit", "dirty", "diff_sha256")}
+
+
+def run_codes(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct code stamps of ``runs`` (their ``"code"`` entries) with how many runs each; runs trained before
+    stamps existed are one ``{"commit": "unrecorded"}`` entry."""
+    counts: dict[tuple, int] = {}
+    for run in runs:
+        code = run.get("code") or {"commit": "unrecorded", "dirty": None, "diff_sha256": None}
+        key = (code.get("commit"), code.get("dirty"), code.get("diff_sha256"))
+        counts[key] = counts.get(key, 0) + 1
+    return [{"commit": c, "dirty": d, "diff_sha256": h, "runs": n} for (c, d, h), n in counts.items()]

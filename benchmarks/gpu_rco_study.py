@@ -62,6 +62,7 @@ import torch
 from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _provenance  # noqa: E402
 import _study  # noqa: E402
 
 REFERENCE = "mimic_final"
@@ -555,7 +556,7 @@ def run_job(variant: str, seed: int) -> dict[str, Any]:
     result_path = run / "result.json"
     if result_path.is_file():
         return read_json(result_path)
-    base = {"variant": variant, "seed": seed, "pid": os.getpid()}
+    base = {"variant": variant, "seed": seed, "pid": os.getpid(), "code": _study.code_stamp()}
     if time.time() > w.deadline:
         return {**base, "error": "not started: the study's time budget ran out"}
     start = time.time()
@@ -565,7 +566,7 @@ def run_job(variant: str, seed: int) -> dict[str, Any]:
     try:
         res = run_distill(student_config(w.args, w.layout, variant, seed), dataset=w.train, validator=w.val)
         student = load_model(res.student_path, device=w.device).model  # type: ignore[arg-type]
-        test = w.test(student)
+        test = w.test(student) if seed != w.args.pilot_seed else {}  # test is read by counted runs only
         summary = read_json(run / "summary.json")
     except Exception as exc:  # one failed run must not stop the others: it is recorded and its seed left out
         return {**base, "error": f"{type(exc).__name__}: {exc}", "seconds": time.time() - start}
@@ -577,12 +578,13 @@ def run_job(variant: str, seed: int) -> dict[str, Any]:
               "anchors": [] if teacher_free else list(summary.get("anchors", [])),
               "steps": res.step, "val_rank1": res.val.get(METRIC, math.nan),
               "val_tar_far1e-3": res.val.get("val/tar_far1e-3", math.nan),
-              "test_rank1": test["test/rank1"], "test_tar_far1e-3": test["test/tar_far1e-3"],
+              "test_rank1": test.get("test/rank1"), "test_tar_far1e-3": test.get("test/tar_far1e-3"),
               "congruence_final": congruence(embed_plain(student, w.probe, w.device, w.precision), w.teacher_probe),
               "train_seconds": res.seconds, "seconds": time.time() - start,
               "samples_per_s": res.step * w.args.batch / max(res.seconds, 1e-9)}
     write_json(result_path, result)
-    print(f"{variant} seed {seed}: val {100 * result['val_rank1']:.2f}  test {100 * result['test_rank1']:.2f}  "
+    shown = "" if result["test_rank1"] is None else f"  test {100 * result['test_rank1']:.2f}"
+    print(f"{variant} seed {seed}: val {100 * result['val_rank1']:.2f}{shown}  "
           f"anchors {result['anchors']}  {result['seconds']:.0f} s", flush=True)
     return result
 
@@ -695,19 +697,25 @@ def students_step(args: argparse.Namespace, layout: Layout) -> dict[str, Any]:
 
 
 def summarize(results: Sequence[dict[str, Any]], variants: Sequence[str], seeds: Sequence[int],
-              strategies: Sequence[str]) -> dict[str, Any]:
-    """Rows (mean ± std over ``seeds``) and the pre-registered analysis of test rank-1."""
+              strategies: Sequence[str], endpoint: str = "test_rank1") -> dict[str, Any]:
+    """Rows (mean ± std over ``seeds``) and the pre-registered analysis of ``endpoint`` (test rank-1; ``val_rank1``
+    for a pilot-only table, which holds no test number: those entries are None)."""
     mine = [r for r in results if r["seed"] in set(seeds) and r.get("complete") and "error" not in r]
     rows = []
+
+    def stat(vr: Sequence[dict[str, Any]], key: str) -> tuple[float, float] | None:
+        values = [r.get(key) for r in vr]
+        return None if any(v is None for v in values) else _study.mean_std(values)
+
     for v in variants:
         vr = sorted((r for r in mine if r["variant"] == v), key=lambda r: r["seed"])
         rows.append({"variant": v, "n": len(vr), "anchors": vr[0]["anchors"] if vr else [],
-                     **{k: _study.mean_std([r[k] for r in vr]) for k in
+                     **{k: stat(vr, k) for k in
                         ("test_rank1", "test_tar_far1e-3", "val_rank1", "congruence_final", "seconds")}})
-    values = {v: {r["seed"]: r["test_rank1"] for r in mine if r["variant"] == v} for v in variants}
+    values = {v: {r["seed"]: r[endpoint] for r in mine if r["variant"] == v} for v in variants}
     analysis = _study.analyse(values, REFERENCE, [s for s in strategies if s in variants],
                               [c for c in CONTROLS if c in variants], min_gain=0.002)
-    return {"rows": rows, "analysis": analysis}
+    return {"endpoint": endpoint, "rows": rows, "analysis": analysis}
 
 
 def _role(variant: str, strategies: Sequence[str]) -> str:
@@ -721,8 +729,8 @@ def _short_anchors(anchors: Sequence[str]) -> str:
     return " → ".join(names if len(names) <= 6 else [*names[:2], "…", *names[-2:]]) or "–"
 
 
-def _pct(ms: Sequence[float]) -> str:
-    return "–" if math.isnan(ms[0]) else f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"
+def _pct(ms: Sequence[float] | None) -> str:
+    return "–" if ms is None or math.isnan(ms[0]) else f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"
 
 
 def _header(result: dict[str, Any]) -> str:
@@ -809,10 +817,14 @@ def report_step(args: argparse.Namespace, layout: Layout) -> dict[str, Any]:
         "not_launched_for_budget": students.get("not_launched_for_budget", []),
         "stopped_by_gate": students.get("stopped_by_gate"), "students_seconds": students.get("seconds"),
         "workers": students.get("workers"), "runs": sorted(results, key=lambda r: (r["seed"], r["variant"])),
-        "summary": summarize(results, variants, counted or pilot, args.strategies),
+        "summary": summarize(results, variants, counted or pilot, args.strategies,
+                             "test_rank1" if counted else "val_rank1"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "python": platform.python_version()},
     }
+    blocks = {p.stem.removeprefix("provenance_"): read_json(p) for p in sorted(layout.work.glob("provenance_*.json"))}
+    recorder = _provenance.Recorder(counted=False, argv=_provenance.command_line(__file__, getattr(args, "argv", None)))
+    result["provenance"] = recorder.finish(steps=blocks, run_codes=_study.run_codes(results))
     layout.out.mkdir(parents=True, exist_ok=True)
     write_json(layout.out / "gpu_rco_study.json", result)
     (layout.out / "gpu_rco_study.md").write_text(format_markdown(result), encoding="utf-8")
@@ -869,6 +881,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--budget-s", type=float, default=300.0, help="students step: no new seed once it cannot fit")
     g.add_argument("--job-limit-s", type=float, default=240.0, help="one student run's limit")
     g.add_argument("--steps-json", default="", help="report: the shell's record of the steps so far")
+    _provenance.add_provenance_args(p)
     args = p.parse_args(argv)
     if args.pilot_seed not in args.seeds:
         p.error(f"--pilot-seed {args.pilot_seed} must be one of --seeds {args.seeds}")
@@ -880,12 +893,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from facerco.utils.io import write_json
+
     args = parse_args(argv)
+    args.argv = argv
     layout = Layout.at(args.work, args.out)
     layout.work.mkdir(parents=True, exist_ok=True)
+    # a step that trains counted seeds is counted (never a dry run): a dirty tree is refused unless --allow-dirty
+    counted = not args.dry_run and args.step in ("students", "all") and any(s != args.pilot_seed for s in args.seeds)
+    recorder = _provenance.Recorder(counted=counted, allow_dirty=args.allow_dirty,
+                                    argv=_provenance.command_line(__file__, argv))
     for name in (list(STEPS) if args.step == "all" else [args.step]):
         start = time.time()
+        if name != "report":  # the report reads these blocks into gpu_rco_study.json
+            write_json(layout.work / f"provenance_{name}.json", recorder.finish(step=name, finished=False))
         STEPS[name](args, layout)
+        if name != "report":
+            write_json(layout.work / f"provenance_{name}.json", recorder.finish(step=name, finished=True))
         print(f"gpu_rco_study {name}: {time.time() - start:.1f} s", flush=True)
     return 0
 

@@ -4,8 +4,9 @@ The pre-registered protocol (``benchmarks/README.md``, "RCO study protocol", wri
 
 * **Data**: the Debian package ``dataset-fashion-mnist``. The 60,000 training images are split once by a seeded
   permutation (``--split-seed``) into 55,000 train / 5,000 validation; the 10,000 test images are read only to report
-  each finished student (and the final teacher) once. Every choice (``early``'s point, online GSS's probe decisions
-  are on training images) reads validation or training data, never test.
+  each finished counted student (and the final teacher, once counted seeds ran) once. Every choice (``early``'s
+  point, online GSS's probe decisions are on training images) reads validation or training data, never test; the
+  pilot seed's runs and a run stopped by the gate compute no test number (issue 22, item 2).
 * **Teacher**: ``cnn`` width 32 (114k parameters), 16 epochs, SGD lr 0.1 ×0.1 after epochs 8 and 12 (a step-decay
   route with three lr phases), one route point per epoch with its validation accuracy and lr.
 * **Students**: ``cnn`` width 4 (4.2k parameters, 27× smaller), the teacher's full schedule (16 epochs, the same lr
@@ -403,8 +404,9 @@ def online_gss(args: argparse.Namespace, follower: Any, points: list[dict[str, A
 
 def run_student(args: argparse.Namespace, variant: str, seed: int, train: ArrayDataset,
                 evals: dict[str, tuple[torch.Tensor, np.ndarray]], points: list[dict[str, Any]],
-                logits: AnchorLogits, final_test: torch.Tensor) -> dict[str, Any]:
-    """Train one (variant, seed) student through the engine, or reuse its summary.json."""
+                logits: AnchorLogits, final_test: torch.Tensor | None) -> dict[str, Any]:
+    """Train one (variant, seed) student through the engine, or reuse its summary.json; test accuracy and the
+    congruence on test images only for a counted seed (the pilot's ``test_acc``/``congruence_final`` are None)."""
     from facerco.route.anchors import format_plan
     from facerco.route.plan import StagedSchedule, format_stages
     from facerco.route.strategies import RouteFollower
@@ -417,6 +419,7 @@ def run_student(args: argparse.Namespace, variant: str, seed: int, train: ArrayD
     if summary_path.is_file():
         return read_json(summary_path)
     run.mkdir(parents=True, exist_ok=True)
+    code = _study.code_stamp()  # the code this run is trained with (a rerun reuses summary.json and its stamp)
     cfg = base_config(run, args.student_epochs, args.batch, args.lr, seed, "step",
                       milestones_of(args, args.student_epochs))
     seed_everything(seed)
@@ -434,15 +437,17 @@ def run_student(args: argparse.Namespace, variant: str, seed: int, train: ArrayD
     task = make_task(student, targets, follower, args.alpha, args.temperature)
     start = time.time()
     result = Engine(task, train, cfg, run_dir=run, schedule=schedule, total_steps=total, callbacks=callbacks).fit()
-    z_test = predict(student, evals["test"][0])
     summary = {"variant": variant, "seed": seed, "anchors": follower.resolved_anchors() if follower else [],
-               "steps": result.step, "val_acc": accuracy(student, evals["val"]),
-               "test_acc": float((z_test.argmax(1).numpy() == evals["test"][1]).mean()),
-               "congruence_final": kd_divergence(final_test, z_test, args.temperature),
-               "seconds": time.time() - start}
+               "steps": result.step, "val_acc": accuracy(student, evals["val"]), "test_acc": None,
+               "congruence_final": None, "seconds": time.time() - start, "code": code}
+    if seed != args.pilot_seed:  # test is read by counted runs only
+        z_test = predict(student, evals["test"][0])
+        summary["test_acc"] = float((z_test.argmax(1).numpy() == evals["test"][1]).mean())
+        summary["congruence_final"] = kd_divergence(final_test, z_test, args.temperature)
     write_json(summary_path, summary)
-    print(f"{variant} seed {seed}: val {100 * summary['val_acc']:.2f}%  test {100 * summary['test_acc']:.2f}%  "
-          f"anchors {summary['anchors']}  {summary['seconds']:.0f} s", flush=True)
+    test = "" if summary["test_acc"] is None else f"  test {100 * summary['test_acc']:.2f}%"
+    print(f"{variant} seed {seed}: val {100 * summary['val_acc']:.2f}%{test}  anchors {summary['anchors']}  "
+          f"{summary['seconds']:.0f} s", flush=True)
     return summary
 
 
@@ -470,7 +475,8 @@ def run_group(args: argparse.Namespace, variants: Sequence[str], seeds: Sequence
     """Every (variant, seed), seed by seed (whole seeds first if the run is stopped early)."""
     train, evals, points = prepare(args)
     logits = AnchorLogits(args, points, train.images)
-    final_test = predict(load_point(args, points[-1]), evals["test"][0])
+    counted = any(s != args.pilot_seed for s in seeds)
+    final_test = predict(load_point(args, points[-1]), evals["test"][0]) if counted else None
     return [run_student(args, v, s, train, evals, points, logits, final_test) for s in seeds for v in variants]
 
 
@@ -493,21 +499,25 @@ def pilot_gate(args: argparse.Namespace, runs: Sequence[dict[str, Any]], points:
             "passed": bool(passed)}
 
 
-def summarize(runs: Sequence[dict[str, Any]], variants: Sequence[str], counted: Sequence[int]) -> dict[str, Any]:
-    """Rows (mean ± std per variant over the counted seeds) and the pre-registered analysis of test accuracy."""
+def summarize(runs: Sequence[dict[str, Any]], variants: Sequence[str], counted: Sequence[int],
+              endpoint: str = "test_acc") -> dict[str, Any]:
+    """Rows (mean ± std per variant over the counted seeds) and the pre-registered analysis of ``endpoint`` (test
+    accuracy; ``val_acc`` for a pilot-only table, which holds no test number: those entries are None)."""
     mine = [r for r in runs if r["seed"] in set(counted)]
     rows = []
+
+    def stat(vr: Sequence[dict[str, Any]], key: str) -> tuple[float, float] | None:
+        values = [r[key] for r in vr]
+        return None if any(v is None for v in values) else _study.mean_std(values)
+
     for v in variants:
         vr = [r for r in mine if r["variant"] == v]
         rows.append({"variant": v, "n": len(vr), "anchors": vr[0]["anchors"] if vr else [],
-                     "test_acc": _study.mean_std([r["test_acc"] for r in vr]),
-                     "val_acc": _study.mean_std([r["val_acc"] for r in vr]),
-                     "congruence_final": _study.mean_std([r["congruence_final"] for r in vr]),
-                     "seconds": _study.mean_std([r["seconds"] for r in vr])})
-    values = {v: {r["seed"]: r["test_acc"] for r in mine if r["variant"] == v} for v in variants}
+                     **{k: stat(vr, k) for k in ("test_acc", "val_acc", "congruence_final", "seconds")}})
+    values = {v: {r["seed"]: r[endpoint] for r in mine if r["variant"] == v} for v in variants}
     analysis = _study.analyse(values, REFERENCE, [v for v in PRIMARY if v in variants],
                               [v for v in CONTROLS if v in variants], min_gain=0.002)
-    return {"rows": rows, "analysis": analysis}
+    return {"endpoint": endpoint, "rows": rows, "analysis": analysis}
 
 
 def _anchors_text(anchors: Sequence[str]) -> str:
@@ -522,14 +532,19 @@ def _images_text(result: dict[str, Any]) -> str:
     return f", on a fixed subset of {n} training images" if n != result["train_images"] else ""
 
 
+def _pct(value: float | None) -> str:
+    return "not read" if value is None else f"{100 * value:.2f} %"
+
+
 def format_markdown(result: dict[str, Any]) -> str:
     route, gate, summary = result["route"], result["gate"], result["summary"]
+    endpoint = summary.get("endpoint", "test_acc")
     comps = summary["analysis"]["comparisons"]
     lines = [f"Fashion-MNIST ({result['train_images']} train / {result['val_images']} validation / "
              f"{result['test_images']} test) · teacher {result.get('teacher_kind', 'cnn')} "
              f"({result['teacher_params']} params, "
              f"{result['teacher_epochs']} epochs, lr ×0.1 at {result['teacher_milestones']}, test "
-             f"{100 * result['teacher_test_acc']:.2f} %) · student {result['student_kind']} width "
+             f"{_pct(result['teacher_test_acc'])}) · student {result['student_kind']} width "
              f"{result['student_width']} ({result['student_params']} params, {result['student_epochs']} epochs, same "
              f"lr drops{_images_text(result)}) · KD T={result['temperature']}, α={result['alpha']} · "
              + (f"counted seeds {result['counted_seeds']}" if result["counted_seeds"]
@@ -541,8 +556,9 @@ def format_markdown(result: dict[str, Any]) -> str:
              f"(need ≥ {100 * gate['required']['teacher_minus_scratch']:.1f})"
              f", kd_final − scratch {100 * gate['kd_minus_scratch']:+.2f} (need ≥ "
              f"{100 * gate['required']['kd_minus_scratch']:.1f}): **{'passed' if gate['passed'] else 'FAILED'}**", "",
-             "| student | role | anchors | test acc % | Δ vs kd_final (95 % CI) | seeds ahead | val acc % | "
-             "T²·KL to final | s / run |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| student | role | anchors | test acc % | Δ {'' if endpoint == 'test_acc' else 'val acc '}vs kd_final "
+             "(95 % CI) | seeds ahead | val acc % | T²·KL to final | s / run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         v = r["variant"]
         role = ("reference" if v == REFERENCE else "control" if v in CONTROLS else "primary" if v in PRIMARY
@@ -551,9 +567,11 @@ def format_markdown(result: dict[str, Any]) -> str:
         delta = (f"{100 * c['mean']:+.2f} ({100 * c['ci95'][0]:+.2f} … {100 * c['ci95'][1]:+.2f})"
                  if c and not math.isnan(c["mean"]) else "–")
         ahead = f"{c['wins']}/{c['n']}" if c else "–"
-        lines.append(f"| {v} | {role} | {_anchors_text(r['anchors'])} | {100 * r['test_acc'][0]:.2f} ± "
-                     f"{100 * r['test_acc'][1]:.2f} | {delta} | {ahead} | {100 * r['val_acc'][0]:.2f} | "
-                     f"{r['congruence_final'][0]:.3f} | {r['seconds'][0]:.0f} |")
+        test, kl = r["test_acc"], r["congruence_final"]
+        lines.append(f"| {v} | {role} | {_anchors_text(r['anchors'])} | "
+                     + ("–" if test is None else f"{100 * test[0]:.2f} ± {100 * test[1]:.2f}")
+                     + f" | {delta} | {ahead} | {100 * r['val_acc'][0]:.2f} | "
+                     + ("–" if kl is None else f"{kl[0]:.3f}") + f" | {r['seconds'][0]:.0f} |")
     lines += ["", "Verdicts by the pre-registered rule (primary family, Holm-adjusted one-sided paired t-test):"]
     lines += _study.verdict_lines(summary["analysis"])
     return "\n".join(lines) + "\n"
@@ -661,6 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker_variants:
         run_group(args, args.worker_variants, args.worker_seeds or args.seeds)
         return 0
+    recorder = _study.study_recorder(__file__, argv, args)
     start = time.time()
     train, evals, points = prepare(args)  # the teacher is trained here, once, before any student
     precompute = AnchorLogits(args, points, train.images)
@@ -690,19 +709,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "teacher_kind": args.teacher_kind, "teacher_width": args.teacher_width,
         "teacher_params": sum(p.numel() for p in teacher.parameters()), "teacher_epochs": args.teacher_epochs,
         "teacher_milestones": route_info.get("milestones"), "teacher_seconds": route_info.get("seconds"),
-        "teacher_test_acc": accuracy(teacher, evals["test"]),
+        "teacher_test_acc": accuracy(teacher, evals["test"]) if counted_done else None,
         "student_kind": args.student_kind, "student_width": args.student_width,
         "student_params": sum(p.numel() for p in student.parameters()), "student_epochs": args.student_epochs,
         "student_images": len(train),
         "temperature": args.temperature, "alpha": args.alpha, "final_share": args.final_share,
         "gss_delta": args.gss_delta, "batch": args.batch, "lr": args.lr,
-        "route": points, "summary": summarize(runs, args.variants, counted_done or pilot), "runs": runs,
+        "route": points, "runs": runs,
+        "summary": summarize(runs, args.variants, counted_done or pilot, "test_acc" if counted_done else "val_acc"),
         "table_seeds": counted_done or pilot,
         "seconds_total": time.time() - start,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "jobs": args.jobs, "threads_per_job": args.threads},
         "command": "python benchmarks/rco_fmnist.py " + " ".join(argv),
     }
+    result["provenance"] = recorder.finish(run_codes=_study.run_codes(runs))
     write_json(out / "rco_fmnist.json", result)
     (out / "rco_fmnist.md").write_text(format_markdown(result), encoding="utf-8")
     plot(result, out / "rco_fmnist.png")

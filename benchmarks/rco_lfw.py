@@ -6,7 +6,8 @@ The pre-registered protocol (issue 11; ``benchmarks/README.md``, "RCO study prot
   identities), ``val/`` (170 validation people + 600 single-image validation distractors, ``pairs_val.txt``) and
   ``eval/`` (the other people with ≥ 2 images + every other singleton, ``pairs_heldout.txt``). Every choice (the
   teacher's route metrics, ``early``'s point, GSS, the pilot gate) reads validation or training data; the test part
-  is read once per finished model.
+  is read once per finished counted model (and the final teacher, once counted seeds ran): the pilot seed's runs and
+  a study stopped by the gate compute no test number (issue 22, item 2).
 * **Teacher**: ``--teacher-run`` (``runs/teacher_lfw_study``), reused when its route is complete, else trained from
   ``--teacher-config`` (``configs/teacher/lfw_cpu_study.yaml``: iresnet_small at 32 px, 3.06M parameters, 16 epochs,
   lr ×0.1 after epochs 8 and 12, a route point per epoch). A teacher that validated on the test pairs is refused.
@@ -280,8 +281,10 @@ def ensure_cache(teacher_run: Path, dataset: Dataset, out: Path, image_size: int
     return out
 
 
-def evaluate_route(args: argparse.Namespace, evaluators: dict[str, SplitEvaluator]) -> dict[str, Any]:
-    """The teacher's route points on validation (``--teacher-eval``: all / final), the final one on test too.
+def evaluate_route(args: argparse.Namespace, evaluators: dict[str, SplitEvaluator], with_test: bool = True
+                   ) -> dict[str, Any]:
+    """The teacher's route points on validation (``--teacher-eval``: all / final), the final one on test too when
+    ``with_test`` (only once counted seeds ran).
 
     Cached in ``OUT/teacher_eval.json`` by point sha256 and evaluation settings.
     """
@@ -301,7 +304,7 @@ def evaluate_route(args: argparse.Namespace, evaluators: dict[str, SplitEvaluato
             continue
         sha = route.point(p.name).sha256
         entry = done.get(p.name, {})
-        need = ["val"] + (["test"] if p.name == final else [])
+        need = ["val"] + (["test"] if p.name == final and with_test else [])
         if entry.get("sha256") != sha or entry.get("setting") != setting or any(s not in entry for s in need):
             model = route.load_point(p.name, verify=True).model.eval()
             entry = {"sha256": sha, "setting": setting}
@@ -311,7 +314,7 @@ def evaluate_route(args: argparse.Namespace, evaluators: dict[str, SplitEvaluato
             done[p.name] = entry
             write_json(cache_file, done)
         out.append({"name": p.name, "epoch": p.epoch, "lr": p.lr, "route_val": p.val, "val": entry["val"],
-                    **({"test": entry["test"]} if "test" in entry else {})})
+                    **({"test": entry["test"]} if "test" in need else {})})
     return {"final": final, "points": out, "params": done[final]["params"], "arch": route.info.get("arch", "?")}
 
 
@@ -402,16 +405,22 @@ def train_group(args: argparse.Namespace, names: Sequence[str], seeds: Sequence[
     """Train the runs of ``names``, seed by seed (a stopped study leaves whole seeds), and their test metrics."""
     from facerco.distill.compare import run_compare
     from facerco.distill.job import run_distill
+    from facerco.utils.io import write_json
 
     train_set = MemoryFolder(Path(args.data) / "train", args.image_size)
     evaluators = open_evaluators(Path(args.data), args.image_size, args.eval_flip)
     variants = [v for v in make_variants(args) if v.name in set(names)]
     runner = partial(run_distill, dataset=train_set)
+    code = _study.code_stamp()  # the code this process trains with
     for seed in seeds:
+        done = {v.name for v in variants if run_finished(Path(args.out) / "runs" / v.name / f"seed{seed}", v.cfg)}
         table = run_compare(variants, [seed], Path(args.out) / "runs", runner=runner,
                             validator_factory=lambda _cfg: evaluators["val"], metric=ENDPOINT)
         for rec in table["runs"]:
-            test_metrics(Path(rec["run_dir"]), evaluators["test"], eval_setting(args))
+            if rec["variant"] not in done:  # trained here (a reused run keeps the stamp it was trained with)
+                write_json(Path(rec["run_dir"]) / "code.json", code)
+            if seed != args.pilot_seed:  # test is read by counted runs only
+                test_metrics(Path(rec["run_dir"]), evaluators["test"], eval_setting(args))
 
 
 def eval_setting(args: argparse.Namespace) -> dict[str, Any]:
@@ -439,7 +448,8 @@ def finished_seeds(args: argparse.Namespace, variants: Sequence[Any], seeds: Seq
 
 def collect(args: argparse.Namespace, variants: Sequence[Any], seeds: Sequence[int],
             evaluators: dict[str, SplitEvaluator]) -> list[dict[str, Any]]:
-    """One record per finished (variant, seed): anchors, steps, seconds, val and test metrics, congruence."""
+    """One record per finished (variant, seed): anchors, steps, seconds, val and test metrics (None for the pilot
+    seed), congruence."""
     from facerco.distill.compare import run_compare
     from facerco.utils.io import read_json
 
@@ -458,10 +468,13 @@ def collect(args: argparse.Namespace, variants: Sequence[Any], seeds: Sequence[i
         run_dir = Path(rec["run_dir"])
         summary = read_json(run_dir / "summary.json")
         free = teacher_free(by_name[rec["variant"]].cfg)
+        code = run_dir / "code.json"
         runs.append({"variant": rec["variant"], "seed": rec["seed"], "anchors": [] if free else rec["anchors"],
                      "steps": summary["step"], "total_steps": summary["total_steps"], "seconds": rec["seconds"],
                      "congruence_final": rec["congruence"], "val": rec["val"],
-                     "test": test_metrics(run_dir, evaluators["test"], eval_setting(args))})
+                     "test": (None if rec["seed"] == args.pilot_seed
+                              else test_metrics(run_dir, evaluators["test"], eval_setting(args))),
+                     "code": read_json(code) if code.is_file() else None})
     return runs
 
 
@@ -502,19 +515,22 @@ def _row(variant: str, runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                            "congruence_final": _study.mean_std([r["congruence_final"] for r in runs]),
                            "seconds": _study.mean_std([r["seconds"] for r in runs])}
     for split in SPLITS:
+        unread = any(r[split] is None for r in runs)  # the pilot's test
         for key, _ in METRICS:
-            row[f"{split}/{key}"] = _study.mean_std([r[split].get(key, math.nan) for r in runs])
+            row[f"{split}/{key}"] = None if unread else _study.mean_std([r[split].get(key, math.nan) for r in runs])
     return row
 
 
-def summarize(runs: Sequence[dict[str, Any]], variants: Sequence[str], counted: Sequence[int]) -> dict[str, Any]:
-    """Rows (mean ± std per variant over ``counted``) and the pre-registered analysis of test rank-1."""
+def summarize(runs: Sequence[dict[str, Any]], variants: Sequence[str], counted: Sequence[int],
+              split: str = "test") -> dict[str, Any]:
+    """Rows (mean ± std per variant over ``counted``) and the pre-registered analysis of ``split`` rank-1 (test;
+    ``val`` for a pilot-only table, which holds no test number)."""
     mine = [r for r in runs if r["seed"] in set(counted)]
     rows = [_row(v, [r for r in mine if r["variant"] == v]) for v in variants]
-    values = {v: {r["seed"]: r["test"][ENDPOINT] for r in mine if r["variant"] == v} for v in variants}
+    values = {v: {r["seed"]: r[split][ENDPOINT] for r in mine if r["variant"] == v} for v in variants}
     analysis = _study.analyse(values, REFERENCE, [v for v in variants if role(v) == "primary"],
                               [v for v in variants if role(v) == "control"], min_gain=MIN_GAIN)
-    return {"endpoint": f"test {ENDPOINT}", "rows": rows, "analysis": analysis}
+    return {"endpoint": f"{split} {ENDPOINT}", "rows": rows, "analysis": analysis}
 
 
 def _anchors_text(anchors: Sequence[str]) -> str:
@@ -524,8 +540,8 @@ def _anchors_text(anchors: Sequence[str]) -> str:
     return " → ".join(short) or "–"
 
 
-def _pct(ms: Sequence[float]) -> str:
-    return "–" if math.isnan(ms[0]) else f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"
+def _pct(ms: Sequence[float] | None) -> str:
+    return "–" if ms is None or math.isnan(ms[0]) else f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"
 
 
 def _route_lines(route: dict[str, Any]) -> list[str]:
@@ -540,13 +556,14 @@ def _route_lines(route: dict[str, Any]) -> list[str]:
 def format_markdown(result: dict[str, Any]) -> str:
     route, gate, summary, counts = result["route"], result["gate"], result["summary"], result["counts"]
     comps = summary["analysis"]["comparisons"]
-    final_test = next(p["test"] for p in route["points"] if p["name"] == route["final"])
+    final_test = next(p.get("test") for p in route["points"] if p["name"] == route["final"])
+    teacher_test = "not read" if final_test is None else f"{100 * final_test['rank1']:.2f} %"
     lines = [f"LFW split: {counts['train']['identities']} train identities ({counts['train']['images']} images) · "
              f"validation {counts['val']['probe_identities']} people ({counts['val']['probes']} probes), "
              f"{counts['val']['distractors']} distractors, {counts['val']['pairs']} pairs · test "
              f"{counts['test']['probe_identities']} people ({counts['test']['probes']} probes), "
              f"{counts['test']['distractors']} distractors, {counts['test']['pairs']} pairs · teacher "
-             f"{route['arch']} ({route['params']} params, test rank-1 {100 * final_test['rank1']:.2f} %) · student "
+             f"{route['arch']} ({route['params']} params, test rank-1 {teacher_test}) · student "
              f"{result['student']} ({result['student_params']} params, {result['epochs']:g} epochs at "
              f"{result['image_size']} px, the teacher's lr drops{result['multi_stage_note']}) · "
              + (f"counted seeds {result['counted_seeds']}" if result["counted_seeds"]
@@ -571,7 +588,8 @@ def format_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {r['variant']} | {r['role']} | {_anchors_text(r['anchors'])} | {_pct(r['test/rank1'])} | "
                      f"{delta} | {ahead} | {_pct(r['test/pairs_acc'])} | {_pct(r['test/tar_far1e-3'])} | "
                      f"{_pct(r['val/rank1'])} | {_pct(r['val/pairs_acc'])} | {cong} | {secs} |")
-    lines += ["", "Δ = test rank-1 − mimic_final's of the same seed. Verdicts by the pre-registered rule (primary "
+    which = "test" if summary["endpoint"].startswith("test") else "validation (pilot only: test not read)"
+    lines += ["", f"Δ = {which} rank-1 − mimic_final's of the same seed. Verdicts by the pre-registered rule (primary "
               "family, Holm-adjusted one-sided paired t-test; gain ≥ +0.2 point; ahead on ≥ 80 % of seeds and of "
               "every control):"]
     lines += _study.verdict_lines(summary["analysis"]) or ["- (no primary variant)"]
@@ -597,8 +615,8 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     ax0.set_xlabel("teacher epoch")
     ax0.set_ylabel("1:N rank-1 %")
     ax0.legend(fontsize=7)
-    counted = set(result["table_seeds"])
-    ref = {r["seed"]: r["test"][ENDPOINT] for r in result["runs"] if r["variant"] == REFERENCE}
+    counted = set(result["counted_seeds"])  # the pilot's test is not read
+    ref = {r["seed"]: r["test"][ENDPOINT] for r in result["runs"] if r["variant"] == REFERENCE and r["seed"] in counted}
     names = [v for v in result["variants"] if v not in ("scratch", REFERENCE)]
     for i, v in enumerate(names):
         diffs = [100 * (r["test"][ENDPOINT] - ref[r["seed"]]) for r in result["runs"]
@@ -651,7 +669,8 @@ def build_result(args: argparse.Namespace, variants: Sequence[Any], route: dict[
                     "arcface_weight": cfg.distill.arcface_weight, "num_anchors": cfg.distill.num_anchors,
                     "final_share": cfg.distill.final_share},
         "teacher_run": str(args.teacher_run), "anchor_targets": "online teacher" if args.online else "anchor cache",
-        "eval_flip": args.eval_flip, "route": route, "summary": summarize(runs, args.variants, counted or pilot),
+        "eval_flip": args.eval_flip, "route": route,
+        "summary": summarize(runs, args.variants, counted or pilot, "test" if counted else "val"),
         "runs": runs, "seconds_total": seconds,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "jobs": args.jobs, "threads_per_job": args.threads},
@@ -702,6 +721,7 @@ def run_study(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Prepare, train the pilot, gate, train the counted seeds (or only tabulate), write JSON/Markdown/PNG."""
     from facerco.utils.io import write_json
 
+    recorder = _study.study_recorder(__file__, argv, args)
     start = time.time()
     data, out = Path(args.data), Path(args.out)
     if not args.aggregate_only:
@@ -713,7 +733,7 @@ def run_study(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         print(f"rco_lfw: data, teacher ({teacher_s:.0f} s here) and anchor cache ready", flush=True)
     variants = make_variants(args)
     evaluators = open_evaluators(data, args.image_size, args.eval_flip)
-    route = evaluate_route(args, evaluators)
+    route = evaluate_route(args, evaluators, with_test=False)  # the gate reads validation only
     pilot = [s for s in args.seeds if s == args.pilot_seed]
     counted = [s for s in args.seeds if s != args.pilot_seed]
     if not args.aggregate_only:
@@ -729,11 +749,14 @@ def run_study(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     if go and not args.aggregate_only:
         train_seeds(args, argv, counted)
     counted_done = finished_seeds(args, variants, counted) if go else []
+    if counted_done:
+        route = evaluate_route(args, evaluators)  # validation cached; the final teacher's test read now
     if not pilot_done and not counted_done:
         raise RuntimeError(f"{out}/runs: no seed of {list(args.seeds)} has finished for every variant "
                            f"{list(args.variants)}")
     runs = collect(args, variants, [*pilot_done, *counted_done], evaluators)
     result = build_result(args, variants, route, gate, runs, counted_done, pilot_done, evaluators, time.time() - start)
+    result["provenance"] = recorder.finish(run_codes=_study.run_codes(runs))
     write_json(out / "rco_lfw.json", result)
     (out / "rco_lfw.md").write_text(format_markdown(result), encoding="utf-8")
     plot(result, out / "rco_lfw.png")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,8 +86,8 @@ def test_rco_fmnist_tiny_run(tmp_path: Path) -> None:
     data.mkdir()
     _fake_fmnist(data, 420, 100)
     out = tmp_path / "out"
-    argv = ["--data", str(data), "--val-size", "100", "--teacher-epochs", "4", "--student-epochs", "4",
-            "--batch", "32", "--seeds", "0", "1", "--probe-images", "64", "--student-width", "8",
+    argv = ["--allow-dirty", "--data", str(data), "--val-size", "100", "--teacher-epochs", "4", "--student-epochs",
+            "4", "--batch", "32", "--seeds", "0", "1", "--probe-images", "64", "--student-width", "8",
             "--gate-gap", "-100", "--gate-kd", "-100", "--out", str(out)]
     assert rco_fmnist.main(argv) == 0
     result = json.loads((out / "rco_fmnist.json").read_text())
@@ -102,7 +103,12 @@ def test_rco_fmnist_tiny_run(tmp_path: Path) -> None:
     assert by["ensemble"]["anchors"] == ["ensemble(epoch_002+epoch_003+epoch_004)"]
     assert len(by["early"]["anchors"]) == 1 and by["early"]["anchors"][0] in ("epoch_001", "epoch_002", "epoch_003")
     assert "?" not in by["rco_gss_online"]["anchors"] and by["rco_gss_online"]["anchors"][-1] == "epoch_004"
-    assert all(0.0 <= r["test_acc"] <= 1.0 and r["steps"] == 40 for r in result["runs"])
+    assert all(r["steps"] == 40 for r in result["runs"])
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in result["runs"] if r["seed"] == 1)
+    assert all(r["test_acc"] is None and r["congruence_final"] is None for r in result["runs"] if r["seed"] == 0)
+    block = result["provenance"]
+    assert block["recorded"] and block["counted"] and block["allow_dirty"] and block["argv"][-1] == str(out)
+    assert sum(c["runs"] for c in block["run_codes"]) == len(result["runs"])
     assert result["gate"]["passed"] and result["teacher_test_acc"] > 0.5  # the blocks are easy
     md = (out / "rco_fmnist.md").read_text()
     assert "Pilot gate" in md and "Verdicts" in md and (out / "rco_fmnist.png").stat().st_size > 0
@@ -116,6 +122,58 @@ def test_rco_fmnist_tiny_run(tmp_path: Path) -> None:
     assert rco_fmnist.main(gated) == 0
     g = json.loads((tmp_path / "gated" / "rco_fmnist.json").read_text())
     assert not g["gate"]["passed"] and g["counted_seeds"] == [] and {r["seed"] for r in g["runs"]} == {0}
+    assert _test_numbers(g) == [] and g["summary"]["endpoint"] == "val_acc"
+
+
+def _test_numbers(obj: object, path: str = "") -> list[str]:
+    """Paths of numbers stored under a key naming test; sizes are not metrics (``test_images``, ``counts``)."""
+    found = []
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            where = f"{path}/{key}"
+            if key in ("test_images", "counts"):
+                continue
+            if "test" in str(key).lower() and _has_number(value):
+                found.append(where)
+            else:
+                found += _test_numbers(value, where)
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            found += _test_numbers(value, f"{path}[{i}]")
+    return found
+
+
+def _has_number(obj: object) -> bool:
+    if isinstance(obj, dict):
+        return any(_has_number(v) for v in obj.values())
+    if isinstance(obj, list):
+        return any(_has_number(v) for v in obj)
+    return isinstance(obj, (int, float)) and not isinstance(obj, bool)
+
+
+def test_a_pilot_run_reads_no_test_number(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 22, item 2: a pilot-only study (the pilot seed alone) computes no test metric; its JSON, table and
+    printout hold none, and it is recorded as not counted."""
+    data, out = tmp_path / "fm", tmp_path / "out"
+    data.mkdir()
+    _fake_fmnist(data, 140, 40)
+    assert rco_fmnist.main(["--data", str(data), "--val-size", "40", "--teacher-epochs", "2", "--student-epochs", "1",
+                            "--batch", "25", "--seeds", "0", "--probe-images", "16", "--variants", "scratch",
+                            "kd_final", "early", "--out", str(out)]) == 0
+    result = json.loads((out / "rco_fmnist.json").read_text())
+    assert result["counted_seeds"] == [] and len(result["runs"]) == 3 and result["test_images"] == 40
+    assert _test_numbers(result) == []
+    assert result["provenance"]["counted"] is False
+    md = (out / "rco_fmnist.md").read_text()
+    rows = [line.split("|") for line in md.splitlines() if line.startswith(("| scratch", "| kd_final", "| early"))]
+    assert "test not read" in md and len(rows) == 3 and all(row[4].strip() == "–" for row in rows)
+    assert not re.search(r"\btest\b[ :=]*[-+]?\d", capsys.readouterr().out)  # no "test 81.2" printed
+
+
+def test_test_number_walk() -> None:
+    record = {"test_images": 3, "counts": {"test": {"images": 5}}, "teacher_test_acc": 0.9, "flag_test": True,
+              "runs": [{"test_acc": None, "val": 1}, {"test": {"rank1": 0.5}}]}
+    assert _test_numbers(record) == ["/teacher_test_acc", "/runs[1]/test"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -249,7 +307,7 @@ def test_rco_lfw_tiny_run(tmp_path: Path) -> None:
     out = tmp_path / "out"
     teacher = tmp_path / "teacher"
     four_epochs = ["schedule.warmup_epochs=0", "schedule.milestones=[2,3]"]  # the study's route, shrunk: 3 phases
-    argv = ["--data", str(data), "--teacher-run", str(teacher),
+    argv = ["--allow-dirty", "--data", str(data), "--teacher-run", str(teacher),
             "--teacher-set", "model.name=iresnet_tiny", "train.epochs=4", *four_epochs, "train.batch_size=8",
             "train.log_every=1", "train.progress=false", "train.tensorboard=false", "train.checkpoint_every_steps=0",
             "--epochs", "4", "--seeds", "0", "1", "--gate-gap", "-100", "--gate-mimic", "-100",
@@ -277,7 +335,10 @@ def test_rco_lfw_tiny_run(tmp_path: Path) -> None:
                                                                                                      "reverse"]
     for r in result["runs"]:
         assert r["steps"] == 12 and r["congruence_final"] >= 0.0
-        assert all(0.0 <= r[s][k] <= 1.0 for s in ("val", "test") for k in ("rank1", "pairs_acc", "tar_far1e-3"))
+        splits = ("val", "test") if r["seed"] == 1 else ("val",)
+        assert all(0.0 <= r[s][k] <= 1.0 for s in splits for k in ("rank1", "pairs_acc", "tar_far1e-3"))
+        assert r["seed"] == 1 or r["test"] is None  # the pilot's test is not read
+    assert result["provenance"]["counted"] and result["provenance"]["allow_dirty"]
     assert (out / "cache" / "manifest.json").is_file()  # students read anchor targets from the cache
     md = (out / "rco_lfw.md").read_text()
     assert "Pilot gate" in md and "Verdicts" in md and (out / "rco_lfw.png").stat().st_size > 0
@@ -291,6 +352,7 @@ def test_rco_lfw_tiny_run(tmp_path: Path) -> None:
     assert rco_lfw.main(gated) == 0
     g = json.loads((out / "rco_lfw.json").read_text())
     assert not g["gate"]["passed"] and g["counted_seeds"] == [] and {r["seed"] for r in g["runs"]} == {0}
+    assert _test_numbers(g) == [] and g["summary"]["endpoint"] == "val rank1"
     assert not list((out / "runs").glob("*/seed2")) and "the counted seeds were not run" in (out / "rco_lfw.md"
                                                                                              ).read_text()
 
