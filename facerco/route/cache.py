@@ -397,11 +397,14 @@ def _write_shard(path: Path, model: nn.Module, dataset: Dataset, start: int, end
 
 
 def teacher_input_size(route: Any) -> int:
-    """Input side of the route's final point, from its checkpoint metadata (112 when it records none)."""
+    """Input side of the route's final point, from its checkpoint metadata (112 when it records none, and for an
+    imported ONNX or dlib teacher, which cuts its own view from the student's crop)."""
     from facerco.models.checkpoint import read_checkpoint_metadata
     from facerco.route.anchors import route_points
 
     final = route_points(route)[-1].name
+    if route.path(final).suffix.lower() != ".safetensors":  # an imported ONNX/dlib teacher cuts its own view
+        return 112
     return int(read_checkpoint_metadata(route.path(final)).get("input_size", [112])[0])
 
 

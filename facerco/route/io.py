@@ -123,12 +123,18 @@ class Route:
 
         With ``verify`` (default) the file's sha256 is checked first; a mismatch raises :class:`ChecksumError`.
         """
-        from facerco.models.checkpoint import load_model
+        from facerco.models.checkpoint import LoadedModel, load_model
 
         p = self.point(name)
         path = self.run_dir / p.file
         if verify:
             verify_file(path, p.sha256)
+        if path.suffix.lower() in (".onnx", ".dat"):  # an imported ONNX or dlib teacher (facerco.route.published)
+            from facerco.route.published import load_published
+
+            teacher = self.info.get("teacher") or {}
+            model = load_published(path, teacher).to(device)
+            return LoadedModel(model, None, {"kind": "teacher", "arch": model.meta.name, **teacher})
         return load_model(str(path), device=device)
 
     def to_dict(self) -> dict[str, Any]:
