@@ -190,6 +190,10 @@ class DistillConfig:
     arcface_weight: float = 1.0
     cache: str = ""  # anchor-feature cache directory; empty = run the teacher online
     cache_verify: bool = True  # check every cache shard's sha256 when it is opened
+    # subtract the teacher's mean target over the cached training set, then renormalize: a published teacher whose
+    # embeddings share a large common direction (dlib: raw cosine of two people ~0.83) otherwise teaches that
+    # direction and little else. Needs distill.cache.
+    target_center: bool = False
 
 
 @dataclass

@@ -13,7 +13,25 @@ import argparse
 from facerco.commands._common import add_debug_arg
 
 
+def _views(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from facerco.route.views_cache import build_views_cache
+
+    if not args.out:
+        raise ValueError("--views needs --out DIR (student crops go to DIR/images, the cache to DIR/cache)")
+    manifest = build_views_cache(args.run, args.dataset, args.photos or args.dataset, args.out, views=args.views,
+                                 seed=args.seed, image_size=args.image_size or 112, workers=args.workers,
+                                 progress=not args.no_progress)
+    out = Path(args.out)
+    print(f"views: {args.views} per image -> {out / 'images'}; teacher rows (plain + flip, fp16) -> {manifest}")
+    print(f"train with: data.train={out / 'images'} distill.cache={out / 'cache'} distill.strategy=final")
+    return 0
+
+
 def _cache(args: argparse.Namespace) -> int:
+    if args.views:
+        return _views(args)
     from pathlib import Path
 
     from facerco.data.datasets import open_dataset
@@ -68,6 +86,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2, help="data-loader workers")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--views", type=int, default=0,
+                        help="K > 0: K seeded views per aligned image (view 0 as aligned, others jittered in "
+                             "geometry and colour), the student's crops and the final teacher's rows each cut from "
+                             "the source photo in its own view; needs --out (and --photos)")
+    parser.add_argument("--photos", default="",
+                        help="--views: the folder `facerco align` read (its align_report.csv in DATASET names the "
+                             "photos); default DATASET itself (views cut from the aligned crops)")
+    parser.add_argument("--seed", type=int, default=0, help="--views: seed of the views")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_debug_arg(parser)
     parser.set_defaults(func=_cache)

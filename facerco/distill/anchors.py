@@ -94,11 +94,14 @@ class OnlineAnchors:
 
 
 class CachedAnchors:
-    """Reads anchor embeddings from an :class:`~facerco.route.cache.AnchorCache` by ``keys = [index, flip]``."""
+    """Reads anchor embeddings from an :class:`~facerco.route.cache.AnchorCache` by ``keys = [index, flip]``;
+    with ``center``, each row minus the anchor's mean row over the cache (plain and flipped), renormalized."""
 
     def __init__(self, cache: AnchorCache, load_classifier: Callable[[str], torch.Tensor | None] | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", center: bool = False) -> None:
         self.cache = cache
+        self.center = center
+        self._means: dict[str, torch.Tensor] = {}
         self.device = torch.device(device)
         self._load_classifier = load_classifier
         self._classifiers: dict[str, torch.Tensor | None] = {}
@@ -108,7 +111,12 @@ class CachedAnchors:
         if keys is None:
             raise ValueError("cached anchor targets need the dataset keys [index, flip] (task.wants_keys)")
         keys = keys.cpu()
-        return self.cache.targets(anchor, keys[:, 0], keys[:, 1]).to(self.device)
+        rows = self.cache.targets(anchor, keys[:, 0], keys[:, 1])
+        if self.center:
+            if anchor not in self._means:
+                self._means[anchor] = torch.from_numpy(self.cache.mean(anchor))
+            rows = torch.nn.functional.normalize(rows - self._means[anchor], dim=1)
+        return rows.to(self.device)
 
     def classifier(self, anchor: str) -> torch.Tensor | None:
         if anchor not in self._classifiers:

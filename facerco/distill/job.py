@@ -116,8 +116,12 @@ def _anchor_source(cfg: Config, s: _Setup) -> tuple[Any, int]:
         cache = AnchorCache(d.cache, verify=d.cache_verify)
         cache.check_dataset(s.dataset, route=s.route, anchors=required_points(s.stage_plan, s.points))
         load = s.load
-        source: Any = CachedAnchors(cache, (lambda name: load(name)[1]) if d.kd_weight > 0 else None, s.device)
+        source: Any = CachedAnchors(cache, (lambda name: load(name)[1]) if d.kd_weight > 0 else None, s.device,
+                                    center=d.target_center)
         return source, cache.embedding_size(s.final)
+    if d.target_center:
+        raise ValueError("distill.target_center=true needs distill.cache (the mean target is taken over the cached "
+                         "training set); build one with `facerco cache`")
     keep = max(2, 1 + max(len(ensemble_members(a)) for a in s.stage_plan.anchors))
     source = OnlineAnchors(s.load, s.device, d.hint_teacher_layer if d.hint_weight > 0 else "", keep=keep)
     return source, teacher_dim(s.route, s.load, s.final)

@@ -125,6 +125,9 @@ def build_plan(cfg: Config, points: list[PointInfo], steps_per_epoch: int, total
                probe: ProbeContext | None = None) -> tuple[AnchorPlan, StagePlan]:
     """Anchor plan and stage plan of a config: the single function behind `route plan` and `distill`."""
     d = cfg.distill
+    if len(points) == 1 and d.strategy not in ("final", "none", "manual") and not d.stages:
+        raise ValueError(f"distill.strategy={d.strategy} follows a recorded route, but this route has one point "
+                         f"({points[0].name}: an imported or unfinished teacher); use distill.strategy=final")
     if d.strategy in ROUTE_STRATEGIES and not d.stages:
         return plan_route_strategy(d, points, total_steps)
     anchor_plan = plan_anchors(cfg, points, probe)

@@ -534,6 +534,18 @@ class AnchorCache:
         self._arrays[anchor] = arrays
         return arrays
 
+    def mean(self, anchor: str) -> np.ndarray:
+        """float32 (D,) mean of every cached row of ``anchor`` (plain and flipped), accumulated in float64."""
+        arrays = self._open(anchor)
+        total = np.zeros(arrays[0].shape[2], np.float64)
+        count = 0
+        for arr in arrays:
+            for start in range(0, len(arr), 65536):
+                block = np.asarray(arr[start:start + 65536], np.float64)
+                total += block.sum(axis=(0, 1))
+                count += block.shape[0] * block.shape[1]
+        return (total / max(count, 1)).astype(np.float32)
+
     def embedding_size(self, anchor: str) -> int:
         return int(self._open(anchor)[0].shape[2])
 

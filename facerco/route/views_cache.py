@@ -94,7 +94,8 @@ def _sources(aligned: Path, photos: Path, files: Sequence[str] | None) -> tuple[
     by_crop = {}
     for photo, row in report.items():
         if row.get("outputs") and row.get("landmarks"):
-            by_crop[row["outputs"].split(";")[0]] = (photo, np.array(row["landmarks"].split(), np.float32).reshape(5, 2))
+            points = np.array(row["landmarks"].split(), np.float32).reshape(5, 2)
+            by_crop[row["outputs"].split(";")[0]] = (photo, points)
     missing = [c for c in crops if c not in by_crop]
     if missing:
         raise ValueError(f"{aligned / 'align_report.csv'}: {len(missing)} crops have no row with landmarks "
