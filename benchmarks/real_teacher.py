@@ -175,14 +175,283 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"{name}: exit {code}", flush=True)
 
 
+# ---- report ------------------------------------------------------------------------------------------------------
+_DLIB: dict[str, Any] = {}
+
+
+def _dlib_init(median: np.ndarray) -> None:
+    import dlib
+
+    from facerco.prep.detectors._dlib import find_dlib_model
+    from facerco.route.published import DLIB_MODEL_FILE
+
+    _DLIB["det"] = dlib.get_frontal_face_detector()
+    _DLIB["sp"] = dlib.shape_predictor(str(find_dlib_model("shape_predictor_5_face_landmarks.dat")))
+    _DLIB["net"] = dlib.face_recognition_model_v1(str(find_dlib_model(DLIB_MODEL_FILE)))
+    _DLIB["median"] = median
+
+
+def _dlib_own(path: str) -> tuple[np.ndarray, bool]:
+    """dlib's own pipeline, as face_recognition runs it: HOG (1 upsample), the 5-point shape of the largest face,
+    compute_face_descriptor. A photo without a detection gets the median five points (as every model does)."""
+    from facerco.prep.align import read_image
+    from facerco.prep.views import dlib_shape
+
+    image = read_image(path)
+    rects = _DLIB["det"](image, 1)
+    if rects:
+        shape = _DLIB["sp"](image, max(rects, key=lambda r: r.area()))
+    else:
+        shape = dlib_shape(_DLIB["median"])
+    return np.asarray(_DLIB["net"].compute_face_descriptor(image, shape), np.float32), bool(rects)
+
+
+def dlib_embeddings(paths: list[Path], median: np.ndarray, workers: int) -> tuple[np.ndarray, int]:
+    """dlib's own descriptors of ``paths`` (in order) and how many photos it detected nothing in."""
+    from tqdm import tqdm
+
+    from facerco.utils.workers import process_context
+
+    with process_context().Pool(workers, initializer=_dlib_init, initargs=(median,)) as pool:
+        rows = list(tqdm(pool.imap(_dlib_own, [str(p) for p in paths], chunksize=8), total=len(paths),
+                         desc="dlib (own pipeline)", unit="img"))
+    return np.stack([r[0] for r in rows]), sum(1 for r in rows if not r[1])
+
+
+def _median_ms(fn: Any, repeats: int) -> float:
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def onnx_ms_per_face(path: Path, crop: np.ndarray, repeats: int = 200) -> float:
+    """Median ms of one face (batch 1, one intra-op thread) in onnxruntime."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    x = ((crop.astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)[None].copy()
+    name = sess.get_inputs()[0].name
+    return _median_ms(lambda: sess.run(None, {name: x}), repeats)
+
+
+def dlib_ms_per_face(photo: Path, landmarks: np.ndarray, repeats: int = 30) -> float:
+    """Median ms of dlib's descriptor of one 150 chip (detection and chip cutting excluded)."""
+    from facerco.prep.align import read_image
+    from facerco.route.published import DlibTeacher, _find_dlib_model
+
+    teacher = DlibTeacher(_find_dlib_model("dlib"))
+    chip = teacher.view.crop(read_image(photo), landmarks)
+    return _median_ms(lambda: teacher.net.compute_face_descriptor(chip), repeats)
+
+
+def _pair_indices(pairs_file: Path, root: Path, where: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from facerco.data.pairs import read_lfw_pairs
+
+    pairs = read_lfw_pairs(pairs_file, root)
+    return (np.array([where[str(a)] for a, _, _ in pairs]), np.array([where[str(b)] for _, b, _ in pairs]),
+            np.array([s for _, _, s in pairs], bool))
+
+
+class Evaluator:
+    """Test and validation pairs plus test 1:N (people with >= 2 images as probes, singletons as distractors) over
+    one embedding pass of ``eval_crops`` (no flip fusion, for every model)."""
+
+    def __init__(self, out: Path, split: dict[str, Any]) -> None:
+        root = out / "eval_crops"
+        self.root = root
+        self.paths = sorted(root.glob("*/*.jpg"))
+        where = {str(p): i for i, p in enumerate(self.paths)}
+        self.test = _pair_indices(out / "pairs_test.txt", root, where)
+        self.val = _pair_indices(out / "pairs_val.txt", root, where)
+        test_people = set(split["test"])
+        names = [p.parent.name for p in self.paths]
+        counts = split["counts"]
+        self.probe_idx = np.array([i for i, n in enumerate(names) if n in test_people and counts[n] >= 2])
+        self.distractor_idx = np.array([i for i, n in enumerate(names) if n in test_people and counts[n] == 1])
+        label_of = {n: k for k, n in enumerate(sorted(test_people))}
+        self.labels = np.array([label_of[names[i]] for i in self.probe_idx])
+
+    def metrics(self, emb: np.ndarray) -> dict[str, Any]:
+        from facerco.eval.identification import evaluate_identification
+        from facerco.eval.verification import evaluate_verification
+
+        a, b, same = self.test
+        test = evaluate_verification(emb[a], emb[b], same, nfolds=len(TEST_SETS), fars=(1e-3,))
+        a, b, same = self.val
+        val = evaluate_verification(emb[a], emb[b], same, nfolds=10, fars=(1e-3,))
+        unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        ident = evaluate_identification(unit[self.probe_idx].astype(np.float32), self.labels,
+                                        unit[self.distractor_idx].astype(np.float32),
+                                        sizes=[len(self.distractor_idx)], fars=(1e-3,), backend="torch",
+                                        device="cpu", progress=False)["sizes"][-1]
+        return {"pairs_acc": test["accuracy"], "pairs_acc_std": test["accuracy_std"],
+                "pairs_fold_acc": test["fold_accuracies"], "tar_far1e-3": test["tar_at_far"]["0.001"]["tar"],
+                "val_pairs_acc": val["accuracy"], "rank1": ident["rank1"],
+                "rank1_tar_far1e-3": ident["tar_at_far"]["0.001"]}
+
+
+def _student_embeddings(model: Path | str, paths: list[Path]) -> np.ndarray:
+    from facerco.eval.features import extract_embeddings
+
+    return extract_embeddings(str(model), [str(p) for p in paths], batch_size=128, device="cpu", flip=False,
+                              progress=False).emb
+
+
+def _export(ckpt: Path, dest: Path, out: Path, int8: bool) -> dict[str, Any]:
+    """`facerco export onnx` (int8: calibrated on training views, gated on validation pairs); returns its card."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, "-m", "facerco.cli", "export", "onnx", str(ckpt), "-o", str(dest),
+           "--check", str(out / "views" / "images"), "--eval-pairs", str(out / "pairs_val.txt"),
+           "--eval-root", str(out / "eval_crops")]
+    if int8:
+        cmd += ["--int8", "--calibrate", str(out / "views" / "images"), "--max-drop", "1.0"]
+    if not dest.is_file():
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    from facerco.export.card import card_paths
+
+    card_json = card_paths(dest)[0]
+    return json.loads(card_json.read_text()) if card_json.is_file() else {}
+
+
+def _model_facts(ckpt: Path) -> dict[str, Any]:
+    from facerco.models.checkpoint import load_model
+    from facerco.models.complexity import measure_complexity
+
+    model = load_model(ckpt).model
+    c = measure_complexity(model, (112, 112))
+    return {"arch": model.meta.name, "params": int(c.params), "macs": int(c.macs),
+            "embedding_size": int(model.meta.embedding_size)}
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """Evaluate dlib and every finished student on the same crops and pairs, time them, write the JSON and table."""
+    import json
+
+    from _provenance import Recorder
+
+    from facerco.prep.align import read_image, read_report
+    from facerco.utils.io import write_json
+
+    recorder = Recorder(counted=True, allow_dirty=args.allow_dirty, threads=1)
+    out = Path(args.out).resolve()
+    lfw = _lfw_dir(args)
+    split = split_people(lfw)
+    fallback = write_eval_set(out, lfw)["fallback_crops"]
+    ev = Evaluator(out, split)
+    report = read_report(_aligned(out) / "align_report.csv")
+    median = np.median(np.stack([np.array(r["landmarks"].split(), np.float32) for r in report.values()
+                                 if r.get("landmarks")]), axis=0).reshape(5, 2)
+    dlib_file = out / "dlib_embeddings.npy"
+    if not dlib_file.is_file():
+        emb, missed = dlib_embeddings([lfw / p.relative_to(ev.root) for p in ev.paths], median, args.workers)
+        np.save(dlib_file, emb)
+        (out / "dlib_missed.txt").write_text(str(missed))
+    sample = ev.paths[ev.test[0][0]]
+    rel = sample.relative_to(ev.root).as_posix()
+    lm = np.array(report[rel]["landmarks"].split(), np.float32).reshape(5, 2)
+    teacher = {"name": "dlib_face_recognition_resnet_model_v1 (own HOG detection + 5-point chip)",
+               **ev.metrics(np.load(dlib_file)), "ms_per_face": dlib_ms_per_face(lfw / rel, lm),
+               "params": 5_588_224, "missed_detections": int((out / "dlib_missed.txt").read_text())}
+    crop = read_image(sample)
+    students: dict[str, Any] = {}
+    for name in STUDENTS:
+        ckpt = out / "runs" / name / "student.safetensors"
+        if not ckpt.is_file():
+            print(f"{name}: no finished run ({ckpt}); left out")
+            continue
+        summary = json.loads((out / "runs" / name / "summary.json").read_text())
+        fp32 = out / "export" / f"{name}.onnx"
+        fp32.parent.mkdir(exist_ok=True)
+        card = _export(ckpt, fp32, out, int8=False)
+        row = {**_model_facts(ckpt), **ev.metrics(_student_embeddings(ckpt, ev.paths)),
+               "ms_per_face": onnx_ms_per_face(fp32, crop), "train_seconds": summary.get("seconds"),
+               "steps": summary.get("step"), "onnx": str(fp32), "card": card.get("verification")}
+        students[name] = row
+    if not students:
+        raise SystemExit("no finished student runs under " + str(out / "runs"))
+    recommended = max(students, key=lambda n: students[n]["val_pairs_acc"])  # chosen on validation only
+    int8 = out / "export" / f"{recommended}_int8.onnx"
+    card8 = _export(out / "runs" / recommended / "student.safetensors", int8, out, int8=True)
+    if int8.is_file():
+        students[f"{recommended}_int8"] = {**{k: students[recommended][k] for k in ("arch", "params", "macs")},
+                                            **ev.metrics(_student_embeddings(int8, ev.paths)),
+                                            "ms_per_face": onnx_ms_per_face(int8, crop), "onnx": str(int8),
+                                            "card": card8.get("verification")}
+    result = {"benchmark": "real_teacher", "protocol": "benchmarks/README.md#real-teacher-benchmark-protocol",
+              "split": {"test_sets": [s + 1 for s in TEST_SETS], "val_sets": [s + 1 for s in VAL_SETS],
+                        "train_people": len(split["train"]), "test_pairs": len(ev.test[2]),
+                        "val_pairs": len(ev.val[2]), "probes": len(ev.probe_idx),
+                        "distractors": len(ev.distractor_idx), "fallback_crops": fallback},
+              "teacher": teacher, "students": students, "recommended": recommended,
+              "goals": _goals(teacher, students, recommended),
+              "provenance": recorder.finish()}
+    write_json(out / "real_teacher.json", result)
+    table = format_table(result)
+    (out / "real_teacher.md").write_text(table)
+    print(table)
+    if args.results:
+        write_json(ROOT / "benchmarks" / "results" / "real_teacher.json", result)
+        (ROOT / "benchmarks" / "results" / "real_teacher.md").write_text(table)
+
+
+def _goals(teacher: dict[str, Any], students: dict[str, Any], rec: str) -> dict[str, Any]:
+    r = students[rec]
+    goals = {"accuracy_ratio": r["pairs_acc"] / teacher["pairs_acc"],
+             "speedup_fp32": teacher["ms_per_face"] / r["ms_per_face"]}
+    if f"{rec}_int8" in students:
+        goals["speedup_int8"] = teacher["ms_per_face"] / students[f"{rec}_int8"]["ms_per_face"]
+    if "mimic" in students and "scratch" in students:
+        goals["mimic_minus_scratch_points"] = 100 * (students["mimic"]["pairs_acc"] - students["scratch"]["pairs_acc"])
+    goals["met"] = {"accuracy >= 0.95x dlib": goals["accuracy_ratio"] >= 0.95,
+                    "fp32 >= 10x faster than dlib": goals["speedup_fp32"] >= 10,
+                    "mimic >= scratch + 10 points": goals.get("mimic_minus_scratch_points", -1e9) >= 10}
+    return goals
+
+
+def format_table(result: dict[str, Any]) -> str:
+    t = result["teacher"]
+    head = ("| model | params | MMACs | test pairs acc % (3 sets) | TAR@FAR=1e-3 % | 1:N rank-1 % | val acc % "
+            "| ms/face (1 thread) |\n|---|---|---|---|---|---|---|---|")
+    lines = [head, f"| dlib ResNet (teacher, own pipeline) | {t['params'] / 1e6:.2f}M | – | "
+             f"{100 * t['pairs_acc']:.2f} ± {100 * t['pairs_acc_std']:.2f} | {100 * t['tar_far1e-3']:.2f} | "
+             f"{100 * t['rank1']:.2f} | {100 * t['val_pairs_acc']:.2f} | {t['ms_per_face']:.1f} |"]
+    for name, r in result["students"].items():
+        star = " (recommended)" if name == result["recommended"] else ""
+        lines.append(f"| {name}{star} | {r['params'] / 1e6:.3f}M | {r['macs'] / 1e6:.0f} | "
+                     f"{100 * r['pairs_acc']:.2f} ± {100 * r['pairs_acc_std']:.2f} | {100 * r['tar_far1e-3']:.2f} | "
+                     f"{100 * r['rank1']:.2f} | {100 * r['val_pairs_acc']:.2f} | {r['ms_per_face']:.2f} |")
+    g = result["goals"]
+    lines.append("")
+    lines.append(f"recommended: {result['recommended']} (best validation accuracy); accuracy "
+                 f"{g['accuracy_ratio']:.3f}x dlib; {g['speedup_fp32']:.1f}x faster (fp32)"
+                 + (f", {g['speedup_int8']:.1f}x (int8)" if "speedup_int8" in g else "")
+                 + (f"; mimic − scratch {g['mimic_minus_scratch_points']:+.2f} points"
+                    if "mimic_minus_scratch_points" in g else ""))
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="stage", required=True)
-    for name, fn in (("prepare", cmd_prepare), ("cache", cmd_cache), ("train", cmd_train)):
+    for name, fn in (("prepare", cmd_prepare), ("cache", cmd_cache), ("train", cmd_train), ("report", cmd_report)):
         p = sub.add_parser(name)
         p.add_argument("--students", nargs="+", choices=list(STUDENTS), default=list(STUDENTS))
         p.add_argument("--threads", type=int, default=1, help="torch threads per student process")
         p.add_argument("--set", nargs="*", default=[], help="extra dotted overrides for every student")
+        p.add_argument("--allow-dirty", action="store_true", help="report: record from a dirty tree (recorded)")
+        p.add_argument("--results", action="store_true",
+                       help="report: also write benchmarks/results/real_teacher.{json,md}")
         p.add_argument("--out", default="bench_out/real_teacher")
         p.add_argument("--data", default="", help="folder holding lfw_deepfunneled (default ../shared/data)")
         p.add_argument("--workers", type=int, default=2)
