@@ -40,6 +40,8 @@ __all__ = [
     "PublishedTeacher",
     "OnnxTeacher",
     "DlibTeacher",
+    "TorchViewTeacher",
+    "view_teacher",
     "detect_kind",
     "import_teacher",
     "load_published",
@@ -145,6 +147,30 @@ class DlibTeacher(PublishedTeacher):
     def embed_crops(self, crops: np.ndarray) -> np.ndarray:
         chips = [np.ascontiguousarray(c, dtype=np.uint8) for c in crops]
         return np.asarray(self.net.compute_face_descriptor(chips), np.float32).reshape(len(chips), -1)
+
+
+class TorchViewTeacher:
+    """A facerco backbone (trained here, or an imported ``.pth``/``.safetensors``) behind ``embed_crops``: the
+    ArcFace template at the model's input size, normalized by the model's own mean/std."""
+
+    def __init__(self, model: nn.Module) -> None:
+        meta = model.meta
+        base = get_view("arcface112")
+        self.model = model.eval()
+        self.view = TeacherView(base.name, int(meta.input_size[0]), base.make, base.description)
+        self.mean, self.std = float(meta.mean), float(meta.std)
+
+    def embed_crops(self, crops: np.ndarray) -> np.ndarray:
+        from facerco.eval.features import embed_batch
+
+        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().sub(self.mean).div(self.std)
+        return embed_batch(self.model, x).cpu().numpy()
+
+
+def view_teacher(model: nn.Module) -> Any:
+    """The object the views cache embeds teacher crops with: published teachers as they are, facerco backbones
+    through :class:`TorchViewTeacher`."""
+    return model if isinstance(model, PublishedTeacher) else TorchViewTeacher(model)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -149,10 +149,11 @@ def _init_worker(run: str, photos: str) -> None:
     import torch
 
     from facerco.route.io import load_route
+    from facerco.route.published import view_teacher
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    _WORKER["teacher"] = load_route(run).load_point("final", verify=False).model
+    _WORKER["teacher"] = view_teacher(load_route(run).load_point("final", verify=False).model)
     _WORKER["photos"] = Path(photos)
 
 
