@@ -13,6 +13,14 @@ import argparse
 from facerco.commands._common import add_debug_arg
 
 
+def _view_meta(route: object) -> dict[str, object]:
+    """What the manifest records of an imported teacher's view: cut from the aligned crops in this path."""
+    teacher = getattr(route, "info", {}).get("teacher")
+    if not teacher:
+        return {}
+    return {"teacher_view": teacher.get("view"), "view_source": "crop"}
+
+
 def _views(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -60,7 +68,8 @@ def _cache(args: argparse.Namespace) -> int:
     manifest = build_cache(out, anchors, dataset, shard_size=args.shard_size, batch_size=args.batch_size,
                            device=device, num_workers=args.workers,
                            meta={"teacher_run": str(Path(args.run).resolve()),
-                                 "dataset": str(Path(args.dataset).resolve()), "image_size": image_size},
+                                 "dataset": str(Path(args.dataset).resolve()), "image_size": image_size,
+                                 **_view_meta(route)},
                            progress=not args.no_progress)
     print(f"cache: {len(anchors)} anchor(s) x {len(dataset)} images (plain + flip, fp16) -> {manifest}")
     return 0
