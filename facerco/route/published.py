@@ -113,6 +113,9 @@ class OnnxTeacher(PublishedTeacher):
             raise ValueError(f"{path}: cannot open ONNX model: {' '.join(str(exc).split())}") from exc
         dim = session.get_outputs()[0].shape[-1]
         base = get_view(view)
+        if base.name == "arcface112" and contract.size % 112:
+            raise ValueError(f"{path}: input side {contract.size}: the arcface112 view (ArcFace template) needs a "
+                             "multiple of 112; pass --input-size when the graph's side is not fixed")
         super().__init__(TeacherView(base.name, contract.size, base.make, base.description),
                          int(dim) if isinstance(dim, int) else 0, f"onnx:{Path(path).name}")
         self.session, self.input_name, self.contract = session, session.get_inputs()[0].name, contract
