@@ -84,8 +84,8 @@ def _sources(aligned: Path, photos: Path, files: Sequence[str] | None) -> tuple[
         if unknown:
             raise ValueError(f"{aligned}: {len(unknown)} requested crops are not there (e.g. {unknown[0]})")
         crops = [c for c in crops if c in wanted]
-    if photos.resolve() == aligned.resolve():
-        points = crop_landmarks(STUDENT_SIZE)
+    if photos.resolve() == aligned.resolve():  # the crops' own points: the template at their side (one side for all)
+        points = crop_landmarks(read_image(aligned / crops[0]).shape[0] if crops else STUDENT_SIZE)
         return [(c, c, points) for c in crops], "crop"
     report = read_report(aligned / "align_report.csv")
     if not report:
@@ -213,7 +213,8 @@ def build_views_cache(run: str | os.PathLike[str], aligned: str | os.PathLike[st
     out.mkdir(parents=True, exist_ok=True)
     write_json(plan_path, plan)
     write_student_views(out, photos, specs, progress=progress)
-    dataset = open_dataset(str(out / "images"), "folder", EvalTransform(image_size))
+    flat = not any("/" in s.file for s in specs)  # a flat aligned folder gives flat views (no identities)
+    dataset = open_dataset(str(out / "images"), "images" if flat else "folder", EvalTransform(image_size))
     order = {s.file: s for s in specs}
     rel = [Path(p).relative_to(out / "images").as_posix() for p in dataset.paths]
     ordered = [order[r] for r in rel]
