@@ -1,5 +1,6 @@
-"""`facerco eval ijb`: known-answer pooling, TAR@FAR and 1:N against brute force, the CLI end to end on a generated
-IJB tree, resumable extraction, and one-line errors naming the file and line for bad meta files."""
+"""`facerco eval ijb`: known-answer pooling, TAR@FAR and 1:N against brute force, the paper-comparable rules of
+insightface's eval_ijbc.py / ijb_evals.py on hand-computed cases, the CLI end to end on a generated IJB tree,
+resumable extraction, and one-line errors naming the file and line for bad meta files and corrupt crops."""
 
 from __future__ import annotations
 
@@ -18,18 +19,25 @@ from facerco.cli import main
 from facerco.eval.feature_cache import model_key
 from facerco.eval.features import Embedder, load_embedder
 from facerco.eval.ijb import (
+    FaceList,
+    IJBFiles,
+    IJBMeta,
+    PairList,
+    combine_galleries,
+    evaluate_ijb,
     image_weights,
+    insightface_tar,
     load_meta,
     open_set_identification,
     pair_scores,
     pool_templates,
     verification_metrics,
 )
-from facerco.eval.ijb_features import ijb_features
+from facerco.eval.ijb_features import IJB_TEMPLATE_112, AlignedFaces, ijb_features
 from facerco.eval.ijb_fixture import TWIN_TEMPLATE, write_ijb_fixture
 from facerco.models import create_model
 from facerco.models.checkpoint import save_model_checkpoint
-from facerco.prep.align import read_image, warp_face
+from facerco.prep.align import ARCFACE_TEMPLATE_112, read_image, warp_face
 
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -64,9 +72,21 @@ def brute_pool(feats, weights, templates, medias) -> dict[int, np.ndarray]:
     return out
 
 
+def eval_ijbc_tar(scores: np.ndarray, labels: np.ndarray, far: float) -> float:
+    """eval_ijbc.py's table entry, written as its loop is: min over (|fpr − target|, index) of the flipped ROC."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fpr, tpr = np.flipud(fpr), np.flipud(tpr)
+    _, i = min(zip(abs(fpr - far), range(len(fpr))))
+    return float(tpr[i])
+
+
 def brute_open_set(feats: dict[int, np.ndarray], gallery: list[tuple[int, int]], probes: list[tuple[int, int]],
-                   fpir: float, rank: int) -> tuple[float, float]:
-    """(rank-k rate of mated probes, TPIR at FPIR) by sorting every probe's full score list."""
+                   fpir: float, rank: int, rule: str = "exact") -> tuple[float, float]:
+    """(rank-k rate of mated probes, TPIR at FPIR) by sorting every probe's full score list. ``rule="exact"``: the
+    best TPIR over thresholds with at most ⌊fpir·n⌋ non-mated probes above; ``"ijb_evals"``: τ = the
+    sorted-descending non-mated best scores at index max(int(n·fpir) − 1, 0), as ijb_evals.py indexes them."""
     g_sub = [s for _, s in gallery]
     mated, nonmated_top, hits_k = [], [], 0
     for t, s in probes:
@@ -79,6 +99,9 @@ def brute_open_set(feats: dict[int, np.ndarray], gallery: list[tuple[int, int]],
         else:
             nonmated_top.append(sims.max())
     nm = np.array(nonmated_top)
+    if rule == "ijb_evals":
+        tau = np.sort(nm)[::-1][max(int(len(nm) * fpir) - 1, 0)]
+        return hits_k / len(mated), sum(r == 1 and v > tau for r, v in mated) / len(mated)
     m = _allowed(fpir, len(nm))
     best = 0.0
     for tau in [-np.inf, *np.unique(nm)]:
@@ -161,7 +184,132 @@ def test_open_set_identification_matches_brute_force():
         for fpir in (0.01, 0.1):
             want_rank, want_tpir = brute_open_set(feat_of, gallery, probes, fpir, rank)
             assert res["rank"][str(rank)] == pytest.approx(want_rank, abs=1e-15)
-            assert res["tpir_at_fpir"][f"{fpir:g}"]["tpir"] == pytest.approx(want_tpir, abs=1e-15)
+            assert res["tpir_at_fpir_exact"][f"{fpir:g}"]["tpir"] == pytest.approx(want_tpir, abs=1e-15)
+            _, want_ref = brute_open_set(feat_of, gallery, probes, fpir, rank, rule="ijb_evals")
+            assert res["tpir_at_fpir"][f"{fpir:g}"]["tpir"] == pytest.approx(want_ref, abs=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the paper-comparable rules (insightface eval_ijbc.py, ijb_evals.py) on hand-computed cases (issue 22, item 5)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_headline_tar_is_eval_ijbc_nearest_roc_point_hand_computed():
+    """(a) genuine 0.9 0.8 0.4, impostors 0.85 0.3 0.2 0.1. sklearn's ROC (intermediate points dropped): (0, 0),
+    (0, 1/3) at 0.9, (1/4, 1/3) at 0.85, (1/4, 1) at 0.4, (1, 1). FAR 0.2: the nearest FPR is 1/4, whose first point
+    in reverse order is (1/4, 1): TAR 1, where the exact rule (no impostor above τ = 0.85) gives 1/3. FAR 0.1: FPR 0
+    is nearest: 1/3 both. FAR 0.125 lies halfway between FPR 0 and 1/4: the reverse order meets 1/4 first: 1."""
+    scores = np.array([0.9, 0.8, 0.4, 0.85, 0.3, 0.2, 0.1])
+    labels = np.array([1, 1, 1, 0, 0, 0, 0])
+    paper = insightface_tar(scores, labels, (0.2, 0.1, 0.125))
+    assert {f: x["tar"] for f, x in paper["tar_at_far"].items()} == {"0.2": 1.0, "0.1": 1 / 3, "0.125": 1.0}
+    assert paper["tar_at_far"]["0.2"] == {"tar": 1.0, "fpr": 0.25, "threshold": 0.4}
+    assert paper["auc"] == pytest.approx(5 / 6, abs=1e-15)
+    exact = verification_metrics(scores, labels, (0.2, 0.1, 0.125))["tar_at_far"]
+    assert {f: x["tar"] for f, x in exact.items()} == {"0.2": 1 / 3, "0.1": 1 / 3, "0.125": 1 / 3}
+    for far in (0.2, 0.1, 0.125):
+        assert paper["tar_at_far"][f"{far:g}"]["tar"] == eval_ijbc_tar(scores, labels, far)
+
+
+def _tiny_meta(t1, t2, label, templates=(1, 2, 3, 4)) -> IJBMeta:
+    """One face per template, one media each; the pair file as given (repeats included)."""
+    n = len(templates)
+    files = IJBFiles("IJBC", Path("."), Path("."), Path("l.txt"), Path("t.txt"), Path("p.txt"), (), None)
+    faces = FaceList([f"{i}.jpg" for i in range(n)], np.zeros((n, 5, 2), np.float32), np.ones(n, np.float32),
+                     np.arange(1, n + 1))
+    t1, t2 = np.array(t1), np.array(t2)
+    keys = [frozenset(p) for p in zip(t1.tolist(), t2.tolist())]
+    repeated = np.array([k in keys[:i] for i, k in enumerate(keys)])
+    pairs = PairList(t1, t2, np.array(label, np.int8), repeated, None)
+    ids = np.array(templates)
+    return IJBMeta(files, faces, ids, np.arange(n), ids, pairs, [], None)
+
+
+def test_every_pair_row_is_scored_as_listed_hand_computed():
+    """(b) templates 1 = 2 = (1, 0), 3 = (0.6, 0.8), 4 = (0, 1). Rows: (1 2 1) 1.0, (1 3 1) 0.6, (3 4 0) 0.8,
+    (1 4 0) 0.0, then (3 4 0) and (4 3 0) again. Over all six rows the impostors are 0.8 0.0 0.8 0.8:
+    - exact, FAR 0.5: m = 2, τ = the third highest impostor = 0.8, TAR = #{1.0} / 2 = 0.5 (0.3: m = 1, τ = 0.8: 0.5);
+    - eval_ijbc.py: ROC (0, 0), (0, 1/2), (3/4, 1/2), (3/4, 1), (1, 1); FAR 0.3 is nearest FPR 0: 0.5; FAR 0.5 is
+      nearest 3/4: 1.0.
+    Dropping the two repeats would give 1.0 (exact, 0.5) and 1.0 (eval_ijbc.py, 0.3) instead."""
+    meta = _tiny_meta([1, 1, 3, 1, 3, 4], [2, 3, 4, 4, 4, 3], [1, 1, 0, 0, 0, 0])
+    feats = np.array([[1, 0], [1, 0], [0.6, 0.8], [0, 1]], np.float32)
+    res, scores = evaluate_ijb(meta, feats, np.ones(4), norm_score=False, detector_score=False, fars=(0.3, 0.5))
+    np.testing.assert_allclose(scores, [1.0, 0.6, 0.8, 0.0, 0.8, 0.8], atol=1e-7)
+    v = res["verification"]
+    assert (v["num_pairs"], v["num_genuine"], v["num_impostor"], v["repeated_rows"]) == (6, 2, 4, 2)
+    assert {f: x["tar"] for f, x in v["tar_at_far"].items()} == {"0.3": 0.5, "0.5": 1.0}
+    assert {f: x["tar"] for f, x in v["exact"]["tar_at_far"].items()} == {"0.3": 0.5, "0.5": 0.5}
+    assert v["rule"].startswith("eval_ijbc.py") and v["exact"]["rule"].startswith("exact")
+
+
+def test_ijb_crops_use_eval_ijbc_float32_template():
+    """(c) eval_ijbc.py builds the template in float32 from the 96x112 points and adds 8.0 to every x in float32:
+    float32(62.7299) + 8 = 70.72990417…, one float32 step above float32(70.7299) = 70.72989654…; the other nine
+    numbers are the same. The rest of facerco keeps ARCFACE_TEMPLATE_112."""
+    fifth = np.float32(62.7299) + np.float32(8.0)
+    assert IJB_TEMPLATE_112.dtype == np.float32 and IJB_TEMPLATE_112[4, 0] == fifth == np.float32(70.729904)
+    assert fifth == np.nextafter(np.float32(70.7299), np.float32(100))
+    assert ARCFACE_TEMPLATE_112[4, 0] == np.float32(70.7299)
+    same = np.ones((5, 2), bool)
+    same[4, 0] = False
+    assert (IJB_TEMPLATE_112 == ARCFACE_TEMPLATE_112)[same].all()
+
+
+def test_ijb_crops_are_warped_to_the_ijb_template(tree):
+    base, _, model = tree
+    meta = load_meta(base / "root", "IJBC")
+    net = load_embedder(model, "cpu")
+    faces = AlignedFaces(meta, net, 0, 4)
+    for i in range(4):
+        img = read_image(meta.image_paths()[i])
+        want = faces.prepare(warp_face(img, meta.faces.landmarks[i], 112, IJB_TEMPLATE_112))
+        assert torch.equal(faces[i][0], want)
+
+
+def _unit(*scores: float) -> np.ndarray:
+    """A unit vector of R^5 whose first four coordinates are ``scores`` (the inner products with e1..e4)."""
+    v = np.array([*scores, 0.0])
+    v[4] = math.sqrt(1 - float(v @ v))
+    return v
+
+
+def test_1n_headline_follows_ijb_evals_hand_computed():
+    """(d) G1 = e1 (subject 1), e2 (subject 2); G2 = e3 (3), e4 (4). Probes (subject: scores to e1..e4):
+    P1 (1: .9 .1 0 0), P2 (1: .3 .5 .1 0), P3 (2: .2 .48 0 0), P4 (3: .4 0 .7 .2), P5 (4: 0 .5 0 .35),
+    P6 (5: .45 0 .3 0; in no gallery).
+    G1: mated P1 (rank 1, .9), P2 (rank 2), P3 (rank 1, .48); non-mated best scores .5 .45 .4 (P5, P6, P4).
+      FPIR 0.4: m = ⌊1.2⌋ = 1. ijb_evals τ = the 1st highest = .5: TPIR 1/3 (P1); exact τ = the 2nd = .45: 2/3.
+      FPIR 0.7: m = 2. ijb_evals τ = .45: 2/3; exact τ = .4: 2/3.
+    G2: mated P4 (rank 1, .7), P5 (rank 1, .35); non-mated best .3 .1 0 0. FPIR 0.4: m = 1, τ = .3 (exact .1): 1;
+      FPIR 0.7: m = 2, τ = .1 (exact 0): 1.
+    Headline (ijb_evals.py): rank-1 = (2 + 2) / 6 probes = 2/3, rank-2 = (3 + 2) / 6 = 5/6; TPIR = mean of the
+    galleries: 0.4 → (1/3 + 1) / 2 = 2/3, 0.7 → (2/3 + 1) / 2 = 5/6.
+    Mean of galleries: rank-1 = (2/3 + 1) / 2 = 5/6, rank-2 = 1; TPIR (exact τ) 0.4 → 5/6, 0.7 → 5/6."""
+    e = np.eye(5)
+    probes = [(1, _unit(.9, .1, 0, 0)), (1, _unit(.3, .5, .1, 0)), (2, _unit(.2, .48, 0, 0)),
+              (3, _unit(.4, 0, .7, .2)), (4, _unit(0, .5, 0, .35)), (5, _unit(.45, 0, .3, 0))]
+    feats = np.vstack([e[:4], [v for _, v in probes]])
+    p_rows, p_subj = np.arange(4, 10), np.array([s for s, _ in probes])
+    kw = dict(ranks=(1, 2), fpirs=(0.4, 0.7))
+    per = {"G1": open_set_identification(feats, np.array([0, 1]), np.array([1, 2]), p_rows, p_subj, **kw),
+           "G2": open_set_identification(feats, np.array([2, 3]), np.array([3, 4]), p_rows, p_subj, **kw)}
+    g1, g2 = per["G1"], per["G2"]
+    assert (g1["num_mated"], g1["num_nonmated"], g2["num_mated"], g2["num_nonmated"]) == (3, 3, 2, 4)
+    assert g1["rank_hits"] == {"1": 2, "2": 3} and g2["rank_hits"] == {"1": 2, "2": 2}
+    assert g1["tpir_at_fpir"]["0.4"] == {"tpir": 1 / 3, "threshold": 0.5, "threshold_rank": 1}
+    assert g1["tpir_at_fpir"]["0.7"] == {"tpir": 2 / 3, "threshold": 0.45, "threshold_rank": 2}
+    assert g1["tpir_at_fpir_exact"]["0.4"] == {"tpir": 2 / 3, "threshold": 0.45, "allowed_nonmated": 1}
+    assert g1["tpir_at_fpir_exact"]["0.7"] == {"tpir": 2 / 3, "threshold": 0.4, "allowed_nonmated": 2}
+    assert [g2["tpir_at_fpir"][f]["threshold"] for f in ("0.4", "0.7")] == pytest.approx([0.3, 0.1], abs=1e-15)
+    assert [g2["tpir_at_fpir_exact"][f]["threshold"] for f in ("0.4", "0.7")] == pytest.approx([0.1, 0.0], abs=1e-15)
+    both = combine_galleries(per, num_probes=6)
+    head, mean = both["headline"], both["mean_of_galleries"]
+    assert head["rank"] == {"1": 4 / 6, "2": 5 / 6}
+    assert {f: x["tpir"] for f, x in head["tpir_at_fpir"].items()} == pytest.approx({"0.4": 2 / 3, "0.7": 5 / 6})
+    assert mean["rank"] == pytest.approx({"1": 5 / 6, "2": 1.0})
+    assert {f: x["tpir"] for f, x in mean["tpir_at_fpir"].items()} == pytest.approx({"0.4": 5 / 6, "0.7": 5 / 6})
+    assert head["rule"].startswith("ijb_evals.py") and mean["rule"].startswith("mean of galleries")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -201,7 +349,7 @@ def test_cli_end_to_end_matches_brute_force(tree, capsys):
     norms = np.load(out / "features" / "tiny" / "ijbc.norms.npy")
     net = load_embedder(model, "cpu")
     for i in (0, 30, len(feats) - 1):
-        crop = warp_face(read_image(meta.image_paths()[i]), meta.faces.landmarks[i], 112)
+        crop = warp_face(read_image(meta.image_paths()[i]), meta.faces.landmarks[i], 112, IJB_TEMPLATE_112)
         small = cv2.resize(crop, (48, 48), interpolation=cv2.INTER_AREA)
         x = torch.from_numpy(small).permute(2, 0, 1).float()[None].sub(127.5).div(127.5)
         raw = net(torch.cat([x, x.flip(3)])).astype(np.float64).sum(axis=0)
@@ -215,9 +363,11 @@ def test_cli_end_to_end_matches_brute_force(tree, capsys):
     pairs = [tuple(map(int, x.split())) for x in lines if x]
     scores = np.array([pooled[a] @ pooled[b] for a, b, _ in pairs])
     labels = np.array([lab for *_, lab in pairs])
-    for far in FARS:
+    for far in FARS:  # the headline is eval_ijbc.py's number (item 5a); the exact rule sits beside it
         want = brute_tar(scores[labels == 1], scores[labels == 0], far)
-        assert rep["verification"]["tar_at_far"][f"{far:g}"]["tar"] == pytest.approx(want, abs=1e-15)
+        assert rep["verification"]["exact"]["tar_at_far"][f"{far:g}"]["tar"] == pytest.approx(want, abs=1e-15)
+        paper = eval_ijbc_tar(scores, labels, far)
+        assert rep["verification"]["tar_at_far"][f"{far:g}"]["tar"] == pytest.approx(paper, abs=1e-15)
     saved = np.load(rep["scores_file"])
     np.testing.assert_allclose(saved, scores, rtol=0, atol=1e-12)
     twin = [i for i, (a, b, _) in enumerate(pairs) if b == TWIN_TEMPLATE and info["subject_of"][a] == 0]
@@ -226,15 +376,22 @@ def test_cli_end_to_end_matches_brute_force(tree, capsys):
     ident = rep["identification"]
     for rank in (1, 5):
         for fpir in (0.01, 0.1):
-            got = []
+            got, got_ref, hits = [], [], 0
             for g in ("G1", "G2"):
                 gallery = [(t, info["subject_of"][t]) for t in info["galleries"][g]]
                 want_rank, want_tpir = brute_open_set(pooled, gallery, probes, fpir, rank)
+                _, want_ref = brute_open_set(pooled, gallery, probes, fpir, rank, rule="ijb_evals")
                 x = ident["galleries"][g]
                 assert x["rank"][str(rank)] == pytest.approx(want_rank, abs=1e-15)
-                assert x["tpir_at_fpir"][f"{fpir:g}"]["tpir"] == pytest.approx(want_tpir, abs=1e-15)
+                assert x["tpir_at_fpir_exact"][f"{fpir:g}"]["tpir"] == pytest.approx(want_tpir, abs=1e-15)
+                assert x["tpir_at_fpir"][f"{fpir:g}"]["tpir"] == pytest.approx(want_ref, abs=1e-15)
                 got.append(want_tpir)
-            assert ident["mean"]["tpir_at_fpir"][f"{fpir:g}"]["tpir"] == pytest.approx(np.mean(got), abs=1e-15)
+                got_ref.append(want_ref)
+                hits += round(want_rank * x["num_mated"])
+            mean, head = ident["mean_of_galleries"], ident["headline"]  # item 5d: ijb_evals.py is the headline
+            assert mean["tpir_at_fpir"][f"{fpir:g}"]["tpir"] == pytest.approx(np.mean(got), abs=1e-15)
+            assert head["tpir_at_fpir"][f"{fpir:g}"]["tpir"] == pytest.approx(np.mean(got_ref), abs=1e-15)
+            assert head["rank"][str(rank)] == pytest.approx(hits / len(probes), abs=1e-15)
 
     # a second run reuses the cached features; the options change the pooling and are reported
     again = _cli(base, model, out, "--no-norm-score", "--no-detector-score")
@@ -244,7 +401,10 @@ def test_cli_end_to_end_matches_brute_force(tree, capsys):
     scores = np.array([pooled[a] @ pooled[b] for a, b, _ in pairs])
     for far in FARS:
         want = brute_tar(scores[labels == 1], scores[labels == 0], far)
-        assert again["verification"]["tar_at_far"][f"{far:g}"]["tar"] == pytest.approx(want, abs=1e-15)
+        assert again["verification"]["exact"]["tar_at_far"][f"{far:g}"]["tar"] == pytest.approx(want, abs=1e-15)
+    md = (out / "report.md").read_text()
+    assert "| **eval_ijbc.py (papers)** |" in md and "| **ijb_evals.py (papers)** |" in md
+    assert "| exact |" in md and "mean of galleries, exact τ" in md and "ijb_1n.py (closed set)" in md
 
 
 def test_extraction_resumes_after_a_stop(tree, tmp_path, capsys):
@@ -335,18 +495,27 @@ def test_bad_meta_is_one_error_naming_file_and_line(tree, tmp_path, case, patter
         load_meta(root, "IJBC")
 
 
-def test_repeated_pairs_are_skipped_and_counted(tree, tmp_path, capsys):
+def test_repeated_pairs_are_scored_as_listed_and_counted(tree, tmp_path, capsys):
+    """Repeated rows count in every rule, as eval_ijbc.py counts them (issue 22, item 5b: they used to be dropped)."""
     root = tmp_path / "root"
     shutil.copytree(tree[0] / "root", root)
     _edit(root, "ijbc_template_pair_label.txt", lambda ls: [*ls, ls[5], " ".join(ls[9].split()[1::-1] + ["0"])])
     meta = load_meta(root, "IJBC")
-    assert meta.pairs.duplicates == 2 and "line 137 repeats the pair of line 6" in meta.pairs.first_repeat
+    assert meta.pairs.repeats == 2 and "line 137 repeats the pair of line 6" in meta.pairs.first_repeat
     out = tmp_path / "out"
     rc = main(["eval", "ijb", "--model", str(tree[2]), "--names", "tiny", "--root", str(root), "--device", "cpu",
                "--num-workers", "0", "--out", str(out)])
-    assert rc == 0 and "2 repeated rows skipped" in capsys.readouterr().out
-    rep = json.loads((out / "report.json").read_text())["ijb"]["tiny"]["verification"]
-    assert rep["duplicate_pairs_skipped"] == 2 and rep["num_pairs"] == 136
+    assert rc == 0 and "2 repeated rows, scored as listed" in capsys.readouterr().out
+    rep = json.loads((out / "report.json").read_text())["ijb"]["tiny"]
+    v = rep["verification"]
+    assert v["repeated_rows"] == 2 and v["num_pairs"] == 138
+    scores = np.load(rep["scores_file"])
+    labels = meta.pairs.label.astype(int)
+    assert len(scores) == 138 and scores[136] == scores[5] and scores[137] == scores[9]
+    for far in FARS:
+        assert v["tar_at_far"][f"{far:g}"]["tar"] == eval_ijbc_tar(scores, labels, far)
+        want = brute_tar(scores[labels == 1], scores[labels == 0], far)
+        assert v["exact"]["tar_at_far"][f"{far:g}"]["tar"] == pytest.approx(want, abs=1e-15)
 
 
 def test_cli_bad_input_is_one_line(tree, tmp_path, capsys):
@@ -357,3 +526,21 @@ def test_cli_bad_input_is_one_line(tree, tmp_path, capsys):
                str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1 and "ijbc_name_5pts_score.txt: line 1: expected" in err
+
+
+def test_corrupt_crop_error_on_its_own_line_and_no_empty_feature_folder(tree, tmp_path, capsys):
+    """(e) The progress bar's line is ended before the error is printed; a run that wrote nothing leaves no
+    features/<model>/ (nor features/) folder behind."""
+    root = tmp_path / "root"
+    shutil.copytree(tree[0] / "root", root)
+    (root / "IJBC" / "loose_crop" / "5.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    rc = main(["eval", "ijb", "--model", str(tree[2]), "--names", "tiny", "--root", str(root), "--device", "cpu",
+               "--num-workers", "0", "--block", "24", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    lines = [x for x in err.split("\n") if "error:" in x]
+    assert len(lines) == 1 and lines[0].startswith("facerco eval: error: ")
+    assert "ijbc_name_5pts_score.txt: line 5:" in lines[0] and "5.jpg: not a readable image" in lines[0]
+    assert "embed" in err.split("facerco eval: error:")[0]  # the bar was shown, and ended, before the error
+    assert not (out / "features").exists()

@@ -66,8 +66,8 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"evaluate_ijb: {time.perf_counter() - t0:.1f} s {res['timings']}, {len(scores):,} scores, "
           f"workers {a.workers}, peak RSS {peak:.2f} GiB")
-    print("TAR@FAR", {k: round(v["tar"], 4) for k, v in res["verification"]["tar_at_far"].items()})
-    print("1:N mean", res["identification"]["mean"]["rank"])
+    print("TAR@FAR (eval_ijbc.py)", {k: round(v["tar"], 4) for k, v in res["verification"]["tar_at_far"].items()})
+    print("1:N (ijb_evals.py)", res["identification"]["headline"]["rank"])
 
 
 if __name__ == "__main__":

@@ -114,8 +114,8 @@ def _megaface(args: argparse.Namespace) -> int:
 def _print_meta(meta: Any) -> None:
     pairs = meta.pairs
     print(f"{meta.files.target}: {len(meta.templates):,} faces, {len(meta.template_ids):,} templates, "
-          f"{len(pairs.t1):,} pairs ({int(pairs.label[pairs.keep].sum()):,} genuine; {pairs.duplicates} repeated "
-          "rows skipped" + (f", first: {pairs.first_repeat}" if pairs.first_repeat else "") + ")")
+          f"{len(pairs.t1):,} pairs ({int(pairs.label.sum()):,} genuine; {pairs.repeats} repeated rows, scored as "
+          "listed" + (f"; first: {pairs.first_repeat}" if pairs.first_repeat else "") + ")")
     if meta.probes is None:
         print(f"{meta.files.target}: 1:N files absent: identification skipped")
     else:
@@ -126,14 +126,14 @@ def _print_meta(meta: Any) -> None:
 def _print_ijb(name: str, r: dict[str, Any]) -> None:
     v = r["verification"]
     tars = "  ".join(f"{f} {100 * x['tar']:.2f}" for f, x in v["tar_at_far"].items())
-    ref = "  ".join(f"{100 * x:.2f}" for x in v["insightface"]["tar_at_far"].values())
-    print(f"{name:<24} 1:1 TAR% at FAR {tars}  (eval_ijbc.py rule: {ref})")
+    exact = "  ".join(f"{100 * x['tar']:.2f}" for x in v["exact"]["tar_at_far"].values())
+    print(f"{name:<24} 1:1 TAR% at FAR (eval_ijbc.py, as papers) {tars}  (exact rule: {exact})")
     ident = r.get("identification")
     if ident:
-        mean = ident["mean"]
-        ranks = "  ".join(f"rank-{k} {100 * x:.2f}" for k, x in mean["rank"].items())
-        tpir = "  ".join(f"TPIR@FPIR={f} {100 * x['tpir']:.2f}" for f, x in mean["tpir_at_fpir"].items())
-        print(f"{name:<24} 1:N (mean of {', '.join(ident['galleries'])}) {ranks}  {tpir}")
+        head = ident["headline"]
+        ranks = "  ".join(f"rank-{k} {100 * x:.2f}" for k, x in head["rank"].items())
+        tpir = "  ".join(f"TPIR@FPIR={f} {100 * x['tpir']:.2f}" for f, x in head["tpir_at_fpir"].items())
+        print(f"{name:<24} 1:N ({' + '.join(ident['galleries'])}, ijb_evals.py, as papers) {ranks}  {tpir}")
 
 
 def _ijb(args: argparse.Namespace) -> int:

@@ -15,15 +15,20 @@ norm is kept (``norm_score``) it is L2-normalized; with ``detector_score`` it is
 score. Image features of one media (the frames of one video, or one photo) are averaged, the media features of a
 template are summed, and the sum is L2-normalized. Scores are inner products of template features.
 
-1:1: TAR at FAR over every listed pair, by the exact rule of the other facerco evaluators: with ``m = ⌊FAR·#impostor
-pairs⌋`` the threshold τ is the (m+1)-th highest impostor score and TAR = #{genuine > τ}/#genuine. The number that
-``eval_ijbc.py`` prints (the TPR of the sklearn ROC point whose FPR is nearest to the target) is reported beside it.
+1:1, over every row of the pair file as listed (a repeated row is scored again, as ``eval_ijbc.py`` does; repeats
+are counted for the report). The headline TAR at FAR is the number ``eval_ijbc.py`` prints and papers quote: the TPR
+of the sklearn ROC point whose FPR is nearest to the target. Beside it, the exact rule of the other facerco
+evaluators: with ``m = ⌊FAR·#impostor pairs⌋`` the threshold τ is the (m+1)-th highest impostor score and TAR =
+#{genuine > τ}/#genuine.
 
-1:N (per gallery, then the mean of the two, as published): a probe template is *mated* when its subject has a
-template in the gallery. Rank-k: fewer than k other gallery templates score ≥ the mate (ties count against). FPIR:
-fraction of non-mated probes whose best gallery score is above τ; TPIR at FPIR f: τ is the (m+1)-th highest non-mated
-best score, ``m = ⌊f·#non-mated⌋``, and TPIR = #{mated probes whose mate is rank 1 and scores > τ}/#mated. The
-closed-set numbers of insightface's ``ijb_1n.py`` (G1 ∪ G2 as one gallery) are reported beside them.
+1:N (insightface's ``ijb_evals.py``, the numbers papers quote): a probe template is *mated* in a gallery when its
+subject has a template there. Rank-k: fewer than k other gallery templates score ≥ the mate (ties count against).
+Per gallery, TPIR at FPIR f with ``m = ⌊f·#non-mated⌋``: τ is the m-th highest best-gallery score of the non-mated
+probes (the highest when m = 0; ``ijb_evals.py`` indexes ``sorted[max(int(n·f) − 1, 0)]``, m here is counted exactly
+from the decimal f), and TPIR = #{mated probes whose mate is rank 1 and scores > τ}/#mated. The headline over the two
+galleries: rank-k = (rank-k hits in G1 + in G2) / #probe templates, TPIR = the mean of the two galleries' TPIR. Also
+reported, named: the exact τ (the (m+1)-th highest: at most m non-mated probes above it) and the mean of the
+galleries' rank-k shares, and the closed-set numbers of insightface's ``ijb_1n.py`` (G1 ∪ G2 as one gallery).
 
 Scale: pooling reads the image features (a memmap) in chunks of whole templates; pair scores are computed by the
 fixed-order float64 dot of :mod:`facerco.eval._exact` in bounded batches (never a pairs × dims array), in threads.
@@ -52,6 +57,10 @@ __all__ = [
     "FARS",
     "FPIRS",
     "RANKS",
+    "PAPER_RULE_11",
+    "EXACT_RULE_11",
+    "PAPER_RULE_1N",
+    "MEAN_RULE_1N",
     "IJBFiles",
     "FaceList",
     "PairList",
@@ -68,6 +77,7 @@ __all__ = [
     "verification_metrics",
     "insightface_tar",
     "open_set_identification",
+    "combine_galleries",
     "insightface_1n",
     "evaluate_ijb",
 ]
@@ -77,6 +87,15 @@ FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 FPIRS = (0.01, 0.1)
 RANKS = (1, 5, 10)
 _LANDMARK_FIELDS = 12  # image, 10 coordinates, detector score
+PAPER_RULE_11 = ("eval_ijbc.py (papers): TPR of the sklearn roc_curve point whose FPR is nearest to the target, "
+                 "over every pair-file row")
+EXACT_RULE_11 = ("exact: tau = the (m+1)-th highest impostor score, m = floor(FAR * #impostors), "
+                 "TAR = #{genuine > tau} / #genuine")
+PAPER_RULE_1N = ("ijb_evals.py (papers): rank-k = (hits in both galleries) / #probe templates; TPIR = mean over the "
+                 "galleries, tau = the m-th highest non-mated best score (the highest when m = 0), "
+                 "m = floor(FPIR * #non-mated)")
+MEAN_RULE_1N = ("mean of galleries: rank-k = mean of the galleries' rank-k over their mated probes; TPIR = mean "
+                "over the galleries, tau = the (m+1)-th highest non-mated best score (at most m above it)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -192,18 +211,19 @@ def read_template_media(path: str | Path) -> tuple[list[str], np.ndarray, np.nda
 
 @dataclass
 class PairList:
-    """Template pairs of the pair file, in file order: ids (P,), labels (P,) int8, ``keep`` (P,) bool (False for a
-    repeated pair, skipped and counted), and the line of the first repeat (for the report)."""
+    """Template pairs of the pair file, in file order: ids (P,), labels (P,) int8, ``repeated`` (P,) bool (True for a
+    row that lists an earlier row's pair again, in either order: scored as listed, as ``eval_ijbc.py`` does, and
+    counted for the report), and where the first repeat is."""
 
     t1: np.ndarray
     t2: np.ndarray
     label: np.ndarray
-    keep: np.ndarray
+    repeated: np.ndarray
     first_repeat: str | None = None
 
     @property
-    def duplicates(self) -> int:
-        return int((~self.keep).sum())
+    def repeats(self) -> int:
+        return int(self.repeated.sum())
 
 
 def _row_lines(path: Path, rows: Sequence[int]) -> dict[int, int]:
@@ -258,8 +278,8 @@ def _first_occurrence(keys: np.ndarray) -> np.ndarray:
 
 
 def read_pairs(path: str | Path) -> PairList:
-    """Read ``t1 t2 label`` rows. A label other than 0/1 is an error; a pair listed again (either order) is kept
-    once and counted, unless its label differs (an error naming both lines)."""
+    """Read ``t1 t2 label`` rows, every row kept as listed. A label other than 0/1 is an error; a pair listed again
+    (either order) is counted, and is an error naming both lines when its label differs."""
     path = Path(path)
     arr = _int_rows(path, 3, "t1 t2 label")
     t1, t2, label = arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2]
@@ -268,10 +288,10 @@ def read_pairs(path: str | Path) -> PairList:
         line = _row_lines(path, [bad[0]])[int(bad[0])]
         raise ValueError(f"{path}: line {line}: label must be 0 or 1, got {label[bad[0]]}")
     first_of = _first_occurrence(_pair_keys(t1, t2))
-    keep = first_of == np.arange(len(t1))
+    repeated = first_of != np.arange(len(t1))
     first_repeat = None
-    if not keep.all():
-        rep = np.flatnonzero(~keep)
+    if repeated.any():
+        rep = np.flatnonzero(repeated)
         conflict = rep[label[rep] != label[first_of[rep]]]
         row = int(conflict[0]) if len(conflict) else int(rep[0])
         lines = _row_lines(path, [row, int(first_of[row])])
@@ -279,7 +299,7 @@ def read_pairs(path: str | Path) -> PairList:
         if len(conflict):
             raise ValueError(f"{path}: {where} with label {label[row]} instead of {label[first_of[row]]}")
         first_repeat = f"{path.name}: {where}"
-    return PairList(t1, t2, label.astype(np.int8), keep, first_repeat)
+    return PairList(t1, t2, label.astype(np.int8), repeated, first_repeat)
 
 
 def read_subject_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -523,15 +543,23 @@ def verification_metrics(scores: np.ndarray, labels: np.ndarray, fars: Sequence[
 
 
 def insightface_tar(scores: np.ndarray, labels: np.ndarray, fars: Sequence[float] = FARS) -> dict[str, Any]:
-    """The TAR ``eval_ijbc.py`` prints: sklearn's ROC (intermediate points dropped), points in reverse order, the
-    TPR of the first point whose FPR is nearest to the target; and its AUC."""
+    """The TAR ``eval_ijbc.py`` prints, which papers quote: sklearn's ``roc_curve`` (intermediate points dropped),
+    the points in reverse order, the first point whose FPR is nearest to the target (ties: the first in that order),
+    its TPR; and the AUC.
+
+    Returns:
+        ``rule``, ``tar_at_far`` {far: {tar, fpr, threshold}} (the chosen ROC point), ``auc``.
+    """
     from sklearn.metrics import auc, roc_curve
 
-    fpr, tpr, _ = roc_curve(np.asarray(labels), scores)
+    fpr, tpr, thr = roc_curve(np.asarray(labels), scores)
     area = float(auc(fpr, tpr))
-    fpr, tpr = fpr[::-1], tpr[::-1]
-    tars = {f"{f:g}": float(tpr[int(np.argmin(np.abs(fpr - f)))]) for f in fars}
-    return {"rule": "nearest ROC point (sklearn roc_curve), as eval_ijbc.py", "tar_at_far": tars, "auc": area}
+    fpr, tpr, thr = fpr[::-1], tpr[::-1], thr[::-1]
+    table = {}
+    for f in fars:
+        i = int(np.argmin(np.abs(fpr - f)))
+        table[f"{f:g}"] = {"tar": float(tpr[i]), "fpr": float(fpr[i]), "threshold": float(thr[i])}
+    return {"rule": PAPER_RULE_11, "tar_at_far": table, "auc": area}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -569,6 +597,14 @@ def _mates(probe_subjects: np.ndarray, gallery_subjects: np.ndarray) -> np.ndarr
     return np.array([col.get(int(s), -1) for s in probe_subjects], np.int64)
 
 
+def _nonmated_threshold(nonmated_top: np.ndarray, fpir: float, rule: str) -> tuple[float, int]:
+    """τ and its 1-based order statistic among the non-mated best scores sorted high to low (``rule`` in the
+    module doc: ``"ijb_evals"`` the ⌊f·n⌋-th highest, at least the highest; ``"exact"`` the (⌊f·n⌋+1)-th highest)."""
+    m = far_count(fpir, len(nonmated_top))
+    k = max(m, 1) if rule == "ijb_evals" else m + 1
+    return (float(nonmated_top[k - 1]) if k <= len(nonmated_top) else -math.inf), k
+
+
 def open_set_identification(feats: np.ndarray, gallery_rows: np.ndarray, gallery_subjects: np.ndarray,
                             probe_rows: np.ndarray, probe_subjects: np.ndarray, ranks: Sequence[int] = RANKS,
                             fpirs: Sequence[float] = FPIRS, chunk: int = 4096) -> dict[str, Any]:
@@ -578,6 +614,11 @@ def open_set_identification(feats: np.ndarray, gallery_rows: np.ndarray, gallery
         feats: (T, D) unit template features; the rows below index it.
         gallery_rows, gallery_subjects: (G,) one template per subject.
         probe_rows, probe_subjects: (Q,).
+
+    Returns:
+        ``num_gallery``, ``num_mated``, ``num_nonmated``, ``rank`` {k: share of mated probes}, ``rank_hits``
+        {k: count}, ``tpir_at_fpir`` {f: {tpir, threshold, threshold_rank}} with ``ijb_evals.py``'s τ, and
+        ``tpir_at_fpir_exact`` {f: {tpir, threshold, allowed_nonmated}} with at most ⌊f·#non-mated⌋ above τ.
     """
     mate = _mates(probe_subjects, gallery_subjects)
     mated = mate >= 0
@@ -585,20 +626,45 @@ def open_set_identification(feats: np.ndarray, gallery_rows: np.ndarray, gallery
         raise ValueError("1:N: no probe's subject is in the gallery")
     rank, mate_s, top, _ = _search(feats, probe_rows, gallery_rows, mate, chunk)
     nonmated_top = np.sort(top[~mated])[::-1]
-    tpir = {}
+    first = mated & (rank == 1)
+    tpir, exact = {}, {}
     for f in fpirs:
-        m = far_count(f, len(nonmated_top))
-        tau = nonmated_top[m] if m < len(nonmated_top) else -np.inf
-        hit = mated & (rank == 1) & (mate_s > tau)
-        tpir[f"{f:g}"] = {"tpir": float(hit.sum() / mated.sum()) if len(nonmated_top) else float("nan"),
-                          "threshold": float(tau), "allowed_nonmated": int(m)}
+        for rule, table in (("ijb_evals", tpir), ("exact", exact)):
+            tau, k = _nonmated_threshold(nonmated_top, f, rule)
+            value = float((first & (mate_s > tau)).sum() / mated.sum()) if len(nonmated_top) else float("nan")
+            extra = {"threshold_rank": k} if rule == "ijb_evals" else {"allowed_nonmated": k - 1}
+            table[f"{f:g}"] = {"tpir": value, "threshold": tau, **extra}
+    hits = {str(r): int(np.count_nonzero(rank[mated] <= r)) for r in ranks}
     return {
         "num_gallery": int(len(gallery_rows)),
         "num_mated": int(mated.sum()),
         "num_nonmated": int((~mated).sum()),
-        "rank": {str(r): float(np.mean(rank[mated] <= r)) for r in ranks},
+        "rank": {r: h / int(mated.sum()) for r, h in hits.items()},
+        "rank_hits": hits,
         "tpir_at_fpir": tpir,
+        "tpir_at_fpir_exact": exact,
     }
+
+
+def combine_galleries(per: dict[str, dict[str, Any]], num_probes: int) -> dict[str, dict[str, Any]]:
+    """The two-gallery numbers from :func:`open_set_identification`'s per-gallery results.
+
+    Returns:
+        ``headline`` (``ijb_evals.py``, the paper-comparable numbers): rank-k = the galleries' rank-k hits summed
+        over the number of probe templates, TPIR = the mean of the galleries' TPIR with ``ijb_evals.py``'s τ;
+        ``mean_of_galleries``: rank-k = the mean of the galleries' rank-k shares, TPIR = the mean of their TPIR
+        with the exact τ. Each with its ``rule``.
+    """
+    runs = list(per.values())
+    ranks, fpirs = list(runs[0]["rank"]), list(runs[0]["tpir_at_fpir"])
+    headline = {"rule": PAPER_RULE_1N,
+                "rank": {r: sum(x["rank_hits"][r] for x in runs) / num_probes for r in ranks},
+                "tpir_at_fpir": {f: {"tpir": float(np.mean([x["tpir_at_fpir"][f]["tpir"] for x in runs]))}
+                                 for f in fpirs}}
+    mean = {"rule": MEAN_RULE_1N, "rank": {r: float(np.mean([x["rank"][r] for x in runs])) for r in ranks},
+            "tpir_at_fpir": {f: {"tpir": float(np.mean([x["tpir_at_fpir_exact"][f]["tpir"] for x in runs]))}
+                             for f in fpirs}}
+    return {"headline": headline, "mean_of_galleries": mean}
 
 
 def insightface_1n(feats: np.ndarray, gallery_rows: np.ndarray, gallery_subjects: np.ndarray, probe_rows: np.ndarray,
@@ -625,15 +691,11 @@ def _rows(template_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 
 
 def _identification(meta: IJBMeta, tmpl_ids: np.ndarray, feats: np.ndarray) -> dict[str, Any]:
-    """Both galleries against the mixed probes, their mean, and insightface's combined-gallery numbers."""
+    """Both galleries against the mixed probes, the two-gallery numbers, and ``ijb_1n.py``'s combined gallery."""
     assert meta.probes is not None
     p_rows, p_subj = _rows(tmpl_ids, meta.probes[0]), meta.probes[1]
     per = {g: open_set_identification(feats, _rows(tmpl_ids, t), s, p_rows, p_subj) for g, t, s in meta.galleries}
-    runs = list(per.values())
-    mean = {"rank": {r: float(np.mean([x["rank"][r] for x in runs])) for r in runs[0]["rank"]},
-            "tpir_at_fpir": {f: {"tpir": float(np.mean([x["tpir_at_fpir"][f]["tpir"] for x in runs]))}
-                             for f in runs[0]["tpir_at_fpir"]}}
-    out: dict[str, Any] = {"galleries": per, "mean": mean, "num_probes": int(len(p_rows))}
+    out: dict[str, Any] = {"galleries": per, **combine_galleries(per, len(p_rows)), "num_probes": int(len(p_rows))}
     g_t = np.concatenate([t for _, t, _ in meta.galleries])
     g_s = np.concatenate([s for _, _, s in meta.galleries])
     try:
@@ -646,6 +708,20 @@ def _identification(meta: IJBMeta, tmpl_ids: np.ndarray, feats: np.ndarray) -> d
 # ---------------------------------------------------------------------------------------------------------------
 # One model
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def _verification(scores: np.ndarray, pairs: PairList, fars: Sequence[float]) -> dict[str, Any]:
+    """1:1 over every row of the pair file: the paper-comparable TAR (``eval_ijbc.py``) as ``tar_at_far``, the
+    exact rule under ``exact``, the exact ROC, and the count of repeated rows."""
+    exact = verification_metrics(scores, pairs.label, fars)
+    paper = insightface_tar(scores, pairs.label, fars)
+    return {
+        "num_pairs": exact["num_pairs"], "num_genuine": exact["num_genuine"],
+        "num_impostor": exact["num_impostor"], "repeated_rows": pairs.repeats, "first_repeat": pairs.first_repeat,
+        **paper,
+        "exact": {"rule": EXACT_RULE_11, "tar_at_far": exact["tar_at_far"]},
+        "roc": exact["roc"],
+    }
 
 
 def _count_media(templates: np.ndarray, medias: np.ndarray) -> int:
@@ -678,11 +754,7 @@ def evaluate_ijb(meta: IJBMeta, feats: np.ndarray, fused_norms: np.ndarray, norm
     t0 = time.perf_counter()
     pairs = meta.pairs
     scores = pair_scores(tfeats, _rows(tmpl_ids, pairs.t1), _rows(tmpl_ids, pairs.t2), workers=workers)
-    kept_s, kept_l = scores[pairs.keep], pairs.label[pairs.keep]
-    verification = verification_metrics(kept_s, kept_l, fars)
-    verification["insightface"] = insightface_tar(kept_s, kept_l, fars)
-    verification["duplicate_pairs_skipped"] = pairs.duplicates
-    verification["first_duplicate"] = pairs.first_repeat
+    verification = _verification(scores, pairs, fars)
     timings["verification_s"] = time.perf_counter() - t0
     result: dict[str, Any] = {
         "target": meta.files.target,

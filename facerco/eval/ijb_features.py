@@ -1,6 +1,11 @@
 """IJB face features: loose crops aligned by ``facerco align``'s 5-point warp, embedded by the one extractor, written
 block by block into memory-mapped ``.npy`` files that a stopped run resumes.
 
+The warp's target is :data:`IJB_TEMPLATE_112`: the ArcFace template as ``eval_ijbc.py`` builds it (the 96×112
+points in float32, then 8 added to every x in float32), whose fifth x is 70.729904 where
+:data:`facerco.prep.align.ARCFACE_TEMPLATE_112` holds 70.7299 (one float32 step apart; crops differ by a few grey
+levels at most). Every other facerco path keeps ``ARCFACE_TEMPLATE_112``.
+
 Files in ``folder`` (``OUT/features/<model>/``): ``<t>.npy`` (N, D) float32 unit flip-fused features in face-list
 order, ``<t>.norms.npy`` (N, 2) float64 (mean norm of the two views, as XNorm; norm of the fused feature, for
 ``--norm-score``), and the ``manifest.json`` of :mod:`facerco.eval.feature_cache` (model sha256 + the landmark file
@@ -26,9 +31,21 @@ from facerco.eval.ijb import IJBMeta
 from facerco.prep.align import read_image, warp_face
 from facerco.utils.io import read_json, write_json
 
-__all__ = ["AlignedFaces", "ijb_features", "resource_usage"]
+__all__ = ["IJB_TEMPLATE_112", "AlignedFaces", "ijb_features", "resource_usage"]
 
 _ALIGN_SIZE = 112  # the ArcFace template; the extractor's transform resizes to the model's input
+
+
+def _eval_ijbc_template() -> np.ndarray:
+    """The five points of ``eval_ijbc.py``'s ``Embedding.src``, with its float32 arithmetic."""
+    src = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655],
+                    [62.7299, 92.2041]], np.float32)
+    src[:, 0] += np.float32(8.0)
+    src.flags.writeable = False
+    return src
+
+
+IJB_TEMPLATE_112 = _eval_ijbc_template()
 
 
 class AlignedFaces(torch.utils.data.Dataset):
@@ -49,7 +66,7 @@ class AlignedFaces(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         face = self.start + i
         try:
-            img = warp_face(read_image(self.paths[i]), self.meta.faces.landmarks[face], _ALIGN_SIZE)
+            img = warp_face(read_image(self.paths[i]), self.meta.faces.landmarks[face], _ALIGN_SIZE, IJB_TEMPLATE_112)
         except (ValueError, OSError) as exc:
             raise ValueError(f"{self.meta.files.landmarks}: line {self.meta.faces.lines[face]}: {exc}") from None
         return self.prepare(img), -1
@@ -95,9 +112,26 @@ def ijb_features(meta: IJBMeta, embedder: Embedder, folder: str | os.PathLike[st
 
     Returns:
         ``(features (N, D) float32 memmap, norms (N, 2) float64 memmap)``, checked (no NaN/Inf or zero row).
+
+    A run that fails before writing anything removes the folders it created (no empty ``features/<model>/``).
     """
     folder = Path(folder)
+    created = [d for d in (folder, *folder.parents) if not d.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _features(meta, embedder, folder, model, batch_size, device, num_workers, block, progress)
+    except BaseException:
+        for d in created:
+            try:
+                d.rmdir()  # only an empty folder goes; a stopped run's blocks stay to be resumed
+            except OSError:
+                break
+        raise
+
+
+def _features(meta: IJBMeta, embedder: Embedder, folder: Path, model: dict[str, Any], batch_size: int, device: str,
+              num_workers: int, block: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ijb_features` in an existing ``folder``."""
     role = meta.files.target.lower()
     npy, norms_npy, progress_file = _paths(folder, role)
     cache = FeatureCache(folder, model)
@@ -134,21 +168,23 @@ def _extract(meta: IJBMeta, embedder: Embedder, files: tuple[Path, Path, Path], 
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=done, unit="face", desc=f"embed {embedder.name} ({meta.files.target})")
-    for start in range(done, total, block):
-        stop = min(total, start + block)
-        emb = extract_embeddings(embedder, AlignedFaces(meta, embedder, start, stop), progress=False, **kw)
-        if feats is None:
-            feats, nrm = _open(npy, norms_npy, (total, emb.emb.shape[1]), fresh=True)
-        feats[start:stop] = emb.emb
-        nrm[start:stop, 0] = emb.norms
-        nrm[start:stop, 1] = emb.fused_norms
-        feats.flush()
-        nrm.flush()
-        write_json(progress_file, {"key": key, "done": stop})
+    try:
+        for start in range(done, total, block):
+            stop = min(total, start + block)
+            emb = extract_embeddings(embedder, AlignedFaces(meta, embedder, start, stop), progress=False, **kw)
+            if feats is None:
+                feats, nrm = _open(npy, norms_npy, (total, emb.emb.shape[1]), fresh=True)
+            feats[start:stop] = emb.emb
+            nrm[start:stop, 0] = emb.norms
+            nrm[start:stop, 1] = emb.fused_norms
+            feats.flush()
+            nrm.flush()
+            write_json(progress_file, {"key": key, "done": stop})
+            if bar is not None:
+                bar.update(stop - start)
+    finally:
         if bar is not None:
-            bar.update(stop - start)
-    if bar is not None:
-        bar.close()
+            bar.close()  # ends the bar's line, so an error printed next starts on a line of its own
     assert feats is not None and nrm is not None
     return feats, nrm
 

@@ -84,39 +84,59 @@ def _identification_md(results: IdentificationResults) -> list[str]:
 
 
 def _ijb_md(results: IJBResults) -> list[str]:
-    """1:1 and 1:N tables of IJB-B/C template evaluations (facerco's exact rule, then insightface's numbers)."""
+    """1:1 and 1:N tables of IJB-B/C template evaluations: the paper-comparable rows first, each other rule named."""
     first = next(iter(results.values()))
     fars = list(first["verification"]["tar_at_far"])
     lines = [f"## {first['target']} template evaluation (media-then-template pooling)", "",
-             "| model | norm-score | detector-score | templates | pairs (genuine) | duplicates skipped | rule | "
+             "| model | norm-score | detector-score | templates | pairs (genuine) | repeated rows (scored) | rule | "
              + " | ".join(f"TAR@FAR={f} %" for f in fars) + " |", "|" + "---|" * (7 + len(fars))]
     for model, r in results.items():
         v, o = r["verification"], r["options"]
         head = (f"| {model} | {'on' if o['norm_score'] else 'off'} | {'on' if o['detector_score'] else 'off'} | "
-                f"{r['num_templates']:,} | {v['num_pairs']:,} ({v['num_genuine']:,}) | {v['duplicate_pairs_skipped']}")
-        lines.append(f"{head} | exact | " + " | ".join(_pct(v["tar_at_far"][f]["tar"]) for f in fars) + " |")
-        lines.append(f"{head} | eval_ijbc.py | " + " | ".join(_pct(v["insightface"]["tar_at_far"][f]) for f in fars)
+                f"{r['num_templates']:,} | {v['num_pairs']:,} ({v['num_genuine']:,}) | {v['repeated_rows']}")
+        lines.append(f"{head} | **eval_ijbc.py (papers)** | " + " | ".join(
+            f"**{_pct(v['tar_at_far'][f]['tar'])}**" for f in fars) + " |")
+        lines.append(f"{head} | exact | " + " | ".join(_pct(v["exact"]["tar_at_far"][f]["tar"]) for f in fars)
                      + " |")
-    lines += ["", "exact: τ = the (m+1)-th highest impostor score, m = ⌊FAR·#impostors⌋, "
-              "TAR = #{genuine > τ}/#genuine. eval_ijbc.py: the TPR of the sklearn ROC point whose FPR is nearest "
-              "to the target.", ""]
+    lines += ["", "eval_ijbc.py (the row to put beside a paper's): the TPR of the sklearn ROC point whose FPR is "
+              "nearest to the target, over every pair-file row (the point's FPR is in report.json). exact: τ = the "
+              "(m+1)-th highest impostor score, m = ⌊FAR·#impostors⌋, TAR = #{genuine > τ}/#genuine.", ""]
     ident = {m: r["identification"] for m, r in results.items() if r.get("identification")}
     if ident:
-        lines += [f"### {first['target']} 1:N identification (mixed probes; mean of the two galleries)", "",
-                  "| model | gallery | mated / non-mated probes | rank-1 % | rank-5 % | rank-10 % | TPIR@FPIR=0.01 % "
-                  "| TPIR@FPIR=0.1 % |", "|" + "---|" * 8]
-        for model, r in ident.items():
-            for g, x in [*r["galleries"].items(), ("mean", r["mean"])]:
-                probes = f"{x['num_mated']:,} / {x['num_nonmated']:,}" if "num_mated" in x else "–"
-                t = x["tpir_at_fpir"]
-                lines.append(f"| {model} | {g} | {probes} | " + " | ".join(_pct(x["rank"][k]) for k in ("1", "5", "10"))
-                             + f" | {_pct(t['0.01']['tpir'])} | {_pct(t['0.1']['tpir'])} |")
-            c = r.get("insightface", {})
-            if "rank" in c:
-                lines.append(f"| {model} | G1∪G2 (ijb_1n.py) | closed set | " + " | ".join(
-                    _pct(c["rank"][k]) for k in ("1", "5", "10")) + f" | {_pct(c['tpir_at_far']['0.01'])} | "
-                    f"{_pct(c['tpir_at_far']['0.1'])} |")
-        lines.append("")
+        lines += _ijb_1n_md(first["target"], ident)
+    return lines
+
+
+def _ijb_1n_md(target: str, ident: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    lines = [f"### {target} 1:N identification (mixed probes)", "",
+             "| model | gallery | rule | mated / non-mated probes | rank-1 % | rank-5 % | rank-10 % | TPIR@FPIR=0.01 % "
+             "| TPIR@FPIR=0.1 % |", "|" + "---|" * 9]
+
+    def row(model: str, gallery: str, rule: str, probes: str, ranks: Mapping[str, Any], t1: Any, t2: Any) -> str:
+        return (f"| {model} | {gallery} | {rule} | {probes} | " + " | ".join(_pct(ranks[k]) for k in ("1", "5", "10"))
+                + f" | {_pct(t1)} | {_pct(t2)} |")
+
+    for model, r in ident.items():
+        names = " + ".join(r["galleries"])
+        h, m = r["headline"], r["mean_of_galleries"]
+        lines.append(row(model, f"**{names}**", "**ijb_evals.py (papers)**", f"{r['num_probes']:,} probes",
+                         h["rank"], h["tpir_at_fpir"]["0.01"]["tpir"],
+                         h["tpir_at_fpir"]["0.1"]["tpir"]))
+        for g, x in r["galleries"].items():
+            t = x["tpir_at_fpir"]
+            lines.append(row(model, g, "ijb_evals.py", f"{x['num_mated']:,} / {x['num_nonmated']:,}", x["rank"],
+                             t["0.01"]["tpir"], t["0.1"]["tpir"]))
+        lines.append(row(model, names, "mean of galleries, exact τ", "–", m["rank"], m["tpir_at_fpir"]["0.01"]["tpir"],
+                         m["tpir_at_fpir"]["0.1"]["tpir"]))
+        c = r.get("insightface", {})
+        if "rank" in c:
+            lines.append(row(model, "G1∪G2", "ijb_1n.py (closed set)", "all mated", c["rank"],
+                             c["tpir_at_far"]["0.01"], c["tpir_at_far"]["0.1"]))
+    lines += ["", "ijb_evals.py (the row to put beside a paper's): rank-k = rank-k hits in both galleries / #probe "
+              "templates; TPIR = mean of the galleries' TPIR, τ = the m-th highest best score of the non-mated probes "
+              "(the highest when m = 0), m = ⌊FPIR·#non-mated⌋; a hit needs the mate at rank 1 and above τ. mean of "
+              "galleries, exact τ: rank-k = mean of the galleries' rank-k over their mated probes; τ = the (m+1)-th "
+              "highest (at most m non-mated probes above it). ijb_1n.py: G1∪G2 as one closed-set gallery.", ""]
     return lines
 
 

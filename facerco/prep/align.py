@@ -54,11 +54,13 @@ REPORT_NAME = "align_report.csv"
 REPORT_COLUMNS = ["file", "faces_found", "chosen_score", "failure_reason", "outputs", "landmarks"]
 
 
-def arcface_template(size: int = 112) -> np.ndarray:
-    """The five template points for a ``size x size`` crop; ``size`` must be a multiple of 112."""
+def arcface_template(size: int = 112, template: np.ndarray | None = None) -> np.ndarray:
+    """The five template points for a ``size x size`` crop; ``size`` must be a multiple of 112. ``template``: other
+    112-pixel points to scale instead of :data:`ARCFACE_TEMPLATE_112` (the IJB evaluation's float32 variant)."""
     if size <= 0 or size % 112:
         raise ValueError(f"aligned size must be a positive multiple of 112 (ArcFace template), got {size}")
-    return ARCFACE_TEMPLATE_112 * (size / 112.0)
+    base = ARCFACE_TEMPLATE_112 if template is None else template
+    return base * (size / 112.0)
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -96,17 +98,19 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rot, trans[:, None]]).astype(np.float64)
 
 
-def estimate_transform(landmarks: np.ndarray, size: int = 112) -> np.ndarray:
-    """``(2, 3)`` matrix taking image pixels to the ``size`` crop, from five ArcFace-order landmarks (float32)."""
+def estimate_transform(landmarks: np.ndarray, size: int = 112, template: np.ndarray | None = None) -> np.ndarray:
+    """``(2, 3)`` matrix taking image pixels to the ``size`` crop, from five ArcFace-order landmarks (float32);
+    ``template`` as in :func:`arcface_template`."""
     pts = np.asarray(landmarks, dtype=np.float32)
     if pts.shape != (5, 2) or not np.isfinite(pts).all():
         raise ValueError(f"alignment needs five finite (x, y) landmarks, got shape {pts.shape}")
-    return umeyama(pts, arcface_template(size).astype(np.float32))
+    return umeyama(pts, arcface_template(size, template).astype(np.float32))
 
 
-def warp_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+def warp_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112, template: np.ndarray | None = None
+              ) -> np.ndarray:
     """Aligned ``(size, size, C)`` crop: similarity to the template, bilinear, black border."""
-    m = estimate_transform(landmarks, size)
+    m = estimate_transform(landmarks, size, template)
     return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
