@@ -643,6 +643,7 @@ def build_result(args: argparse.Namespace, variants: Sequence[Any], route: dict[
     from facerco.distill.builders import build_student
 
     cfg = variants[0].cfg
+    ref = next((v for v in variants if v.name == REFERENCE), variants[0])  # the distillation config, not scratch's
     split = read_split(args.data)
     multi = [v.name for v in variants if v.cfg.distill.schedule == "multi_stage"]
     multi_cfg = next((v.cfg for v in variants if v.name in multi), None)
@@ -665,9 +666,9 @@ def build_result(args: argparse.Namespace, variants: Sequence[Any], route: dict[
                                   "milestones": list(scaled.milestones)} if scaled else None),
         "multi_stage_note": (f"; multi-stage stages restart it scaled: warm-up {scaled.warmup_epochs:g}, drops "
                              f"after {list(scaled.milestones)} epochs of each stage") if scaled else "",
-        "distill": {"mimic_weight": cfg.distill.mimic_weight, "mimic_type": cfg.distill.mimic_type,
-                    "arcface_weight": cfg.distill.arcface_weight, "num_anchors": cfg.distill.num_anchors,
-                    "final_share": cfg.distill.final_share},
+        "distill": {"variant": ref.name, "mimic_weight": ref.cfg.distill.mimic_weight,
+                    "mimic_type": ref.cfg.distill.mimic_type, "arcface_weight": ref.cfg.distill.arcface_weight,
+                    "num_anchors": ref.cfg.distill.num_anchors, "final_share": ref.cfg.distill.final_share},
         "teacher_run": str(args.teacher_run), "anchor_targets": "online teacher" if args.online else "anchor cache",
         "eval_flip": args.eval_flip, "route": route,
         "summary": summarize(runs, args.variants, counted or pilot, "test" if counted else "val"),

@@ -317,6 +317,7 @@ def test_rco_lfw_tiny_run(tmp_path: Path) -> None:
     assert rco_lfw.main(argv) == 0
     result = json.loads((out / "rco_lfw.json").read_text())
     assert result["counted_seeds"] == [1] and result["gate"]["passed"]
+    assert result["distill"]["variant"] == "mimic_final" and result["distill"]["mimic_weight"] > 0  # not scratch's
     assert result["counts"]["val"] == {"images": 13, "probes": 9, "probe_identities": 3, "distractors": 4,
                                        "pairs": 20}
     assert result["counts"]["test"] == {"images": 18, "probes": 12, "probe_identities": 4, "distractors": 6,
