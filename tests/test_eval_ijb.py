@@ -267,6 +267,25 @@ def test_ijb_crops_are_warped_to_the_ijb_template(tree):
         assert torch.equal(faces[i][0], want)
 
 
+def test_features_cut_with_another_template_are_recomputed(tree, tmp_path, capsys):
+    """A cache written before the IJB template changed (its key names no alignment) is not reused."""
+    base, _, model = tree
+    meta = load_meta(base / "root", "IJBC")
+    net, key = load_embedder(model, "cpu"), model_key(model)
+    kw = dict(batch_size=16, device="cpu", num_workers=0, block=76, progress=False)
+    ijb_features(meta, net, tmp_path / "f", key, **kw)
+    manifest = tmp_path / "f" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["roles"]["ijbc"]["sources"]["align"]
+    manifest.write_text(json.dumps(data))
+    capsys.readouterr()
+    ijb_features(meta, net, tmp_path / "f", key, **kw)
+    assert "cached features not reused (alignment changed (None before, 112 px, eval_ijbc.py float32 template now))" \
+        in capsys.readouterr().out
+    ijb_features(meta, net, tmp_path / "f", key, **kw)
+    assert "using cached ijbc features" in capsys.readouterr().out
+
+
 def _unit(*scores: float) -> np.ndarray:
     """A unit vector of R^5 whose first four coordinates are ``scores`` (the inner products with e1..e4)."""
     v = np.array([*scores, 0.0])

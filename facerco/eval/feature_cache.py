@@ -58,6 +58,8 @@ def _why_changed(old: dict[str, Any], model: dict[str, Any], sources: dict[str, 
         return f"source files changed ({old_sources.get('count')} files before, {sources['count']} now)"
     if old_sources.get("digest") != sources["digest"]:
         return "source files changed (a path, size or modification time differs)"
+    if old_sources.get("align") != sources.get("align"):  # how crops are cut from the sources, where a key names it
+        return f"alignment changed ({old_sources.get('align')} before, {sources.get('align')} now)"
     return None
 
 

@@ -46,6 +46,7 @@ def _eval_ijbc_template() -> np.ndarray:
 
 
 IJB_TEMPLATE_112 = _eval_ijbc_template()
+ALIGN_KEY = "112 px, eval_ijbc.py float32 template"  # in the cache key: features cut otherwise are recomputed
 
 
 class AlignedFaces(torch.utils.data.Dataset):
@@ -136,14 +137,17 @@ def _features(meta: IJBMeta, embedder: Embedder, folder: Path, model: dict[str, 
     npy, norms_npy, progress_file = _paths(folder, role)
     cache = FeatureCache(folder, model)
     images = meta.image_paths()
-    sources = files_key([meta.files.landmarks, *images], str(meta.files.landmarks))
+    sources = {**files_key([meta.files.landmarks, *images], str(meta.files.landmarks)), "align": ALIGN_KEY}
     total = len(images)
-    if cache.stale(role, sources) is None and norms_npy.is_file():
+    why = cache.stale(role, sources)
+    if why is None and norms_npy.is_file():
         print(f"using cached {role} features {npy} (same model sha256, {total + 1:,} source files unchanged)")
         feats, nrm = np.load(npy, mmap_mode="r"), np.load(norms_npy, mmap_mode="r")
     else:
         key = {"model": model, "sources": sources}
         done, say = _resume_point(progress_file, key, npy, total)
+        if done == 0 and npy.is_file() and not progress_file.is_file():
+            say = f"cached features not reused ({why}): recomputed"
         print(f"{role}: {say}")
         if done == 0:
             cache.forget(role)
