@@ -33,7 +33,9 @@ def _views(args: argparse.Namespace) -> int:
                                  progress=not args.no_progress)
     out = Path(args.out)
     print(f"views: {args.views} per image -> {out / 'images'}; teacher rows (plain + flip, fp16) -> {manifest}")
-    print(f"train with: data.train={out / 'images'} distill.cache={out / 'cache'} distill.strategy=final")
+    flat = not any(p.is_dir() for p in (out / "images").iterdir())
+    fmt = " data.format=images" if flat else ""
+    print(f"train with: data.train={out / 'images'}{fmt} distill.cache={out / 'cache'} distill.strategy=final")
     return 0
 
 

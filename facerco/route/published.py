@@ -314,8 +314,9 @@ def import_teacher(model: str | Path, out: str | Path, kind: str = "auto", arch:
     return run / "route.json"
 
 
-def load_published(path: Path, teacher: dict[str, Any]) -> nn.Module:
-    """The run-time module of an imported ONNX or dlib point (``teacher`` is route.json's ``teacher`` block)."""
+def load_published(path: Path, teacher: dict[str, Any], threads: int = 0) -> nn.Module:
+    """The run-time module of an imported ONNX or dlib point (``teacher`` is route.json's ``teacher`` block);
+    ``threads`` > 0 caps onnxruntime's intra-op threads (one per worker process when several run)."""
     kind = teacher.get("kind")
     if kind == "dlib":
         return DlibTeacher(path).eval()
@@ -323,5 +324,5 @@ def load_published(path: Path, teacher: dict[str, Any]) -> nn.Module:
         c = teacher.get("input") or {}
         contract = InputContract(int(c["size"]), c.get("channel_order", "rgb"), float(c.get("mean", 127.5)),
                                  float(c.get("std", 127.5)))
-        return OnnxTeacher(path, contract, (teacher.get("view") or {}).get("name", "arcface112")).eval()
+        return OnnxTeacher(path, contract, (teacher.get("view") or {}).get("name", "arcface112"), threads).eval()
     raise ValueError(f"{path}: route.json's teacher kind {kind!r} does not load through load_published")

@@ -149,11 +149,16 @@ def _init_worker(run: str, photos: str) -> None:
     import torch
 
     from facerco.route.io import load_route
-    from facerco.route.published import view_teacher
+    from facerco.route.published import load_published, view_teacher
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    _WORKER["teacher"] = view_teacher(load_route(run).load_point("final", verify=False).model)
+    route = load_route(run)
+    path = route.path("final")
+    if path.suffix.lower() in (".onnx", ".dat"):  # one onnxruntime thread per worker: no oversubscription
+        _WORKER["teacher"] = load_published(path, route.info.get("teacher") or {}, threads=1)
+    else:
+        _WORKER["teacher"] = view_teacher(route.load_point("final", verify=False).model)
     _WORKER["photos"] = Path(photos)
 
 
