@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Recorder", "add_provenance_args", "benchmark_recorder", "command_line", "counted_output", "git_state",
-           "cpu_info", "versions", "DIRTY_LIST_CAP"]
+           "cpu_info", "versions", "tree_fingerprint", "DIRTY_LIST_CAP"]
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -76,6 +76,21 @@ def git_state(repo: Path | None = None) -> dict[str, Any]:
     diff = _git(repo, "diff", "HEAD", "--binary") if paths else None
     return {"commit": head.strip(), "dirty": bool(paths), "dirty_files": paths[:DIRTY_LIST_CAP],
             "dirty_count": len(paths), "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None}
+
+
+SOURCE_GLOBS = ("facerco/**/*.py", "benchmarks/*.py", "benchmarks/*.sh", "configs/**/*.yaml", "pyproject.toml")
+
+
+def tree_fingerprint(repo: Path | None = None, globs: Sequence[str] = SOURCE_GLOBS) -> dict[str, Any]:
+    """``{"sha256", "files"}`` over the source files matching ``globs`` (sorted relative paths, each path and its
+    bytes hashed): identifies the code where ``.git`` is missing (a copy of the tree on another machine); recompute it
+    in a checkout of the declared commit to confirm that the run used that commit's code."""
+    repo = REPO if repo is None else repo
+    paths = sorted({p for g in globs for p in repo.glob(g) if p.is_file() and "__pycache__" not in p.parts})
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.relative_to(repo).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return {"sha256": digest.hexdigest(), "files": len(paths), "globs": list(globs)}
 
 
 def _version(module: str, dists: tuple[str, ...]) -> str | None:

@@ -31,7 +31,8 @@ from typing import Any
 import _provenance
 
 __all__ = ["mean_std", "paired", "holm", "analyse", "verdict_lines", "run_workers", "split_groups",
-           "add_runner_args", "check_runner_args", "study_recorder", "code_stamp", "run_codes"]
+           "add_runner_args", "check_runner_args", "study_recorder", "code_stamp", "run_codes", "pooled_sd",
+           "detectable_effect", "rule_power", "rule_detectable_effect"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -117,6 +118,72 @@ def analyse(values: Mapping[str, Mapping[int, float]], reference: str, primary: 
         verdicts[name] = {"success": all(checks.values()), "checks": checks, "vs_controls": vs_controls}
     return {"reference": reference, "primary": list(primary), "controls": list(controls), "min_gain": min_gain,
             "min_win_share": min_win_share, "alpha": alpha, "comparisons": comps, "verdicts": verdicts}
+
+
+def pooled_sd(analysis: Mapping[str, Any], names: Sequence[str] | None = None) -> float:
+    """Root mean square of the paired-difference SDs of ``names`` (default: the primary family) in an
+    :func:`analyse` result: one per-seed SD for planning the next study."""
+    names = list(analysis["primary"]) if names is None else list(names)
+    sds = [analysis["comparisons"][n]["std"] for n in names if n in analysis["comparisons"]]
+    sds = [s for s in sds if not math.isnan(s)]
+    return math.sqrt(statistics.fmean(s * s for s in sds)) if sds else math.nan
+
+
+def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8, family: int = 1) -> float:
+    """Smallest true mean paired Δ that the one-sided paired t-test finds with probability ``power`` at level
+    ``alpha / family`` (Holm's first, strictest step), for ``n`` seeds whose differences have SD ``sd`` (noncentral
+    t, exact for normal differences); nan below 2 seeds."""
+    from scipy import optimize, stats
+
+    if n < 2 or not sd > 0:
+        return math.nan
+    df = n - 1
+    crit = stats.t.ppf(1 - alpha / family, df)
+    return float(optimize.brentq(lambda d: stats.nct.sf(crit, df, d * math.sqrt(n) / sd) - power, 0.0, 50 * sd))
+
+
+def _rule_passes(effect: float, sd: float, z: Any, family: int, min_gain: float, min_win_share: float,
+                 alpha: float) -> Any:
+    import numpy as np
+    from scipy import stats
+
+    n = z.shape[1]
+    d = effect + sd * z
+    mean, std = d.mean(axis=1), d.std(axis=1, ddof=1)
+    p = stats.t.sf(mean / (std / math.sqrt(n)), n - 1)
+    wins = (d > 0).sum(axis=1)
+    return (p < alpha / family) & (mean >= min_gain) & (wins >= math.ceil(min_win_share * n - 1e-9)) & np.isfinite(p)
+
+
+def rule_power(effect: float, sd: float, n: int, family: int = 1, min_gain: float = 0.002,
+               min_win_share: float = 0.8, alpha: float = 0.05, sims: int = 20000, seed: int = 0) -> float:
+    """Probability that the whole success rule of :func:`analyse` passes for one strategy whose true mean paired Δ
+    is ``effect`` (normal differences, SD ``sd``, ``n`` seeds): t-test p < ``alpha / family``, mean ≥ ``min_gain``,
+    ahead on ≥ ``min_win_share`` of the seeds. Monte Carlo with a fixed seed; the control check is left out (it
+    assumes the controls are no better than the reference)."""
+    import numpy as np
+
+    if n < 2:
+        return math.nan
+    z = np.random.default_rng(seed).standard_normal((sims, n))
+    return float(_rule_passes(effect, sd, z, family, min_gain, min_win_share, alpha).mean())
+
+
+def rule_detectable_effect(sd: float, n: int, family: int = 1, power: float = 0.8, min_gain: float = 0.002,
+                           min_win_share: float = 0.8, alpha: float = 0.05, sims: int = 20000) -> float:
+    """Smallest true mean Δ at which :func:`rule_power` reaches ``power`` (bisection; the same draws for every
+    effect, so the power rises monotonically with it)."""
+    import numpy as np
+
+    if n < 2 or not sd > 0:
+        return math.nan
+    z = np.random.default_rng(0).standard_normal((sims, n))
+    lo, hi = 0.0, 20 * sd
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if _rule_passes(mid, sd, z, family, min_gain, min_win_share, alpha).mean() >= power \
+            else (mid, hi)
+    return hi
 
 
 def verdict_lines(analysis: dict[str, Any], scale: float = 100.0, unit: str = "points") -> list[str]:

@@ -1,31 +1,39 @@
 #!/usr/bin/env bash
-# facerco face RCO study on one GPU (issue 11, item 7): iresnet50 teacher with a recorded step-decay route, mbf_0.8m
-# students (scratch / mimic_final / early / the route strategies) x seeds 0-5, pilot gate, test 1:N rank-1, paired
-# analysis; <= 8 minutes on one H100/H200, no network, data generated on the machine (benchmarks/gpu_rco_study.py
-# says what each step does and what throughput the sizes assume).
+# facerco face RCO study on one GPU (issue 22, item 4): LFW at 112x112 aligned by facerco (dlib, central), identities
+# split as facerco.data.lfw_split (validation != test), an iresnet50 teacher with a step route validated on the
+# validation part, mbf_0.8m students (scratch on the pilot seed only; mimic_final, early, rco_eeis_multi, lockstep,
+# phase on every counted seed), pilot gate, test 1:N rank-1, Holm-corrected paired analysis; <= 9 minutes on one
+# H100, no network. The protocol, the throughput assumptions and the time arithmetic: benchmarks/README.md.
 #
 # Usage (from anywhere; it runs in the repository root):
-#   bash benchmarks/gpu_rco_study.sh                        # one CUDA GPU, ~8 minutes at most
-#   bash benchmarks/gpu_rco_study.sh --dry-run              # a CPU: the same steps at tiny sizes
-#   bash benchmarks/gpu_rco_study.sh --budget-s 420 --strategies phase rco_eeis_multi   # any study option after
+#   python benchmarks/gpu_rco_study.py pack                 # once, on a CPU: bench_out/lfw112_pack (~48 MiB)
+#   bash benchmarks/gpu_rco_study.sh                        # one CUDA GPU (carry bench_out/lfw112_pack), <= 9 min
+#   bash benchmarks/gpu_rco_study.sh --dry-run              # a CPU: the same steps at tiny sizes (a few LFW people)
+#   bash benchmarks/gpu_rco_study.sh --budget-s 420 --seeds 0 1 2   # any study option after
+# Data: the pack named by --pack or $FACERCO_LFW_PACK, else bench_out/lfw112_pack or shared/lfw112_pack in the
+# checkout; with none, the LFW photos ($FACERCO_REAL_DATA, shared/data or ../shared/data) are packed on the machine
+# (dlib alignment where dlib loads, else the fixed-box crop; the JSON says which). The device machine gets neither
+# ../shared nor dlib: carry the pack. A dry run packs a few LFW people, or generates faces where LFW is absent.
 # Environment:
 #   OUT     folder for the files that come back (default bench_out/gpu_rco_study): gpu_rco_study.json (every step,
-#           the route, the gate, every run, the analysis), gpu_rco_study.md (the table), one log per step,
-#           environment.txt -- seven files, nothing deeper
-#   WORK    folder for the big files: data, route checkpoints, anchor cache, student runs (default
+#           the data, the route, the gate, every run, the analysis, the plan beside the measured rates, provenance),
+#           gpu_rco_study.md (the table), one log per step, environment.txt -- seven files, nothing deeper
+#   WORK    folder for the big files: data arrays, route checkpoints, anchor cache, student runs (default
 #           ${TMPDIR:-/tmp}/facerco_gpu_rco; a rerun reuses what is finished there)
 #   PYTHON  interpreter (default python3)
+#   FACERCO_SOURCE_COMMIT  the commit the tree was copied from, where .git is missing (recorded with a hash of the
+#           source files; default: git rev-parse HEAD when git works here)
 #
 # Packages. Nothing is downloaded. If `import torch` fails, every wheel in ./wheels/ is installed with
 # `pip install --no-index`; otherwise the interpreter's packages are used, and a missing module is looked for in
 # ./wheels/. facerco is installed with --no-deps (its pins never replace the machine's CUDA build of torch); if that
 # fails, PYTHONPATH points at the checkout.
 #
-# Steps (each under its own time limit; the whole stays within --budget-s, default 480 s on a GPU):
-#   data      render the generated faces on the CPU cores                                     (limit  90 s)
+# Steps (each under its own time limit; the whole stays within --budget-s, default 510 s on a GPU):
+#   data      decode the pack into arrays (or pack the photos first)                           (limit 120 s)
 #   teacher   iresnet50 route (a validated point per epoch), anchor cache, probe embeddings   (limit 210 s)
 #   students  pilot seed, gate, counted seeds while the time left fits a whole seed           (what is left)
-#   report    whole seeds only: table, Holm-corrected paired analysis, JSON + Markdown        (limit  45 s)
+#   report    whole seeds only: table, Holm-corrected paired analysis, power, JSON + Markdown  (limit  30 s)
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
@@ -83,19 +91,24 @@ if [ "$DRY" = 1 ]; then
     BUDGET=${BUDGET:-600}  # a shared CPU is slow and uneven; the tiny steps need ~1-2 minutes
     LIMITS=(120 300 120)  # data, teacher, report
     # 16 px is the smallest input both families take; iresnet18 is iresnet50's family and 512-d embedding (the same
-    # projector and cache shapes) at a third of its CPU cost; --ignore-gate so the counted seed and the analysis run
+    # projector and cache shapes) at a third of its CPU cost; 4 people x 4 photos in batches of 16 (one step per
+    # epoch, 4 epochs for the two lr drops); --ignore-gate so the counted seed and the analysis run
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     SIZES=(--device cpu --amp off --dry-run --image-size 16 --teacher iresnet18 --train-ids 4 --images-per-id 4
            --val-ids 4 --val-distractors 6 --test-ids 4 --test-distractors 8 --eval-images-per-id 3 --epochs 4
-           --batch 8 --seeds 0 1 --workers 2 --render-workers 1 --job-limit-s 120 --ignore-gate)
+           --batch 16 --seeds 0 1 --workers 2 --job-limit-s 120 --ignore-gate)
 else
-    BUDGET=${BUDGET:-480}
-    LIMITS=(90 210 45)
+    BUDGET=${BUDGET:-510}
+    LIMITS=(120 210 30)
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
         || { note "no CUDA GPU (use --dry-run on a CPU)"; exit 3; }
     SIZES=(--device cuda --amp bf16)
 fi
-COMMON=(--work "$WORK_DIR" --out "$OUT_DIR" "${SIZES[@]}" "${EXTRA[@]}")
+COMMON=(--work "$WORK_DIR" --out "$OUT_DIR" --plan-budget-s "$BUDGET" "${SIZES[@]}" "${EXTRA[@]}")
+if [ -z "${FACERCO_SOURCE_COMMIT:-}" ]; then
+    FACERCO_SOURCE_COMMIT=$(git rev-parse HEAD 2>/dev/null || true)
+fi
+export FACERCO_SOURCE_COMMIT
 STUDY=(env PYTHONUNBUFFERED=1 "$PY" benchmarks/gpu_rco_study.py)
 
 # --- steps ---------------------------------------------------------------------------------------------------------
