@@ -68,6 +68,8 @@ def test_device_batches_survive_the_engine_loader_path() -> None:
     assert batch.labels.tolist() == [1, 0, 2]
     cached = data.__getitems__([2, 4])
     assert torch.equal(cached[0][0], data[2][0]) and [c[1] for c in cached] == [1, 2]
+    host = study.FaceArray(images, np.array([0, 0, 1, 1, 2]))  # the evaluation's batch path: the item values
+    assert all(torch.equal(x, host[i][0]) and y == host[i][1] for i, (x, y) in zip([4, 1], host.__getitems__([4, 1])))
 
 
 def test_a_seed_is_launched_only_when_it_fits_the_budget() -> None:
