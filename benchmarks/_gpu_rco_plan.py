@@ -21,7 +21,7 @@ CPU_STUDY = Path(__file__).resolve().parent / "results" / "rco_lfw.json"
 # H100 throughput assumed by the plan (PyTorch eager, bf16 autocast, batch 128, data on the GPU). Sources and
 # reasoning: benchmarks/README.md, "GPU RCO study: throughput assumptions". The report sets the measured rates beside.
 ASSUMED = {"teacher_train_img_s": 2000.0, "teacher_embed_img_s": 6000.0, "student_img_s_per_process": 2500.0,
-           "student_img_s_total": 20000.0, "student_eval_s": 4.0, "process_start_s": 10.0, "package_check_s": 15.0,
+           "student_img_s_total": 20000.0, "student_eval_s": 6.0, "process_start_s": 10.0, "package_check_s": 15.0,
            "checkpoint_s_per_point": 0.5, "report_s": 15.0}
 
 
