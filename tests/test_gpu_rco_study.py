@@ -322,3 +322,21 @@ def test_tree_fingerprint_names_the_code_without_git(tmp_path: Path) -> None:
     assert prov.tree_fingerprint(tmp_path) == first
     (tmp_path / "facerco" / "a.py").write_text("x = 2\n")
     assert prov.tree_fingerprint(tmp_path)["sha256"] != first["sha256"]
+
+
+def test_a_dry_run_without_lfw_generates_faces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ../shared/data is absent (CI), the dry run's data step renders generated faces in the same layout."""
+    monkeypatch.setattr(pack_mod, "find_lfw", lambda explicit=None: None)
+    args = study.parse_args(["data", "--dry-run", "--image-size", "16", "--train-ids", "3", "--images-per-id", "2",
+                             "--val-ids", "2", "--val-distractors", "3", "--test-ids", "2", "--test-distractors", "3",
+                             "--eval-images-per-id", "2", "--epochs", "4"])
+    layout = study.Layout.at(tmp_path / "work", tmp_path / "out")
+    record = study.data_step(args, layout)
+    assert record["source"] == "generated" and record["counts"]["train"] == 6 and record["pairs"]["val"] == 120
+    val = np.load(layout.data / "val_labels.npy")
+    distractors = np.load(layout.data / "val_distractors_labels.npy")
+    assert val.tolist() == [0, 0, 1, 1] and distractors.tolist() == [2, 3, 4]  # singletons after the people
+    assert np.load(layout.data / "train_images.npy").shape == (6, 16, 16, 3)
+    with pytest.raises(SystemExit, match="pack"):  # a study run (not a dry run) never falls back to generated faces
+        monkeypatch.setattr(pack_mod, "find_pack", lambda explicit=None: None)
+        study.resolve_source(study.parse_args(["data"]), layout)
