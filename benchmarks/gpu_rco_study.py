@@ -29,7 +29,7 @@ Run by ``benchmarks/gpu_rco_study.sh`` as four steps, each its own process under
 
 Sizing (``plan`` prints the arithmetic; the assumptions and their sources are in benchmarks/README.md)::
 
-    python benchmarks/gpu_rco_study.py pack                       # on a CPU, once: bench_out/lfw112_pack (~48 MiB)
+    python benchmarks/gpu_rco_study.py pack                       # on a CPU, once: bench_out/lfw112_pack (49 MiB)
     python benchmarks/gpu_rco_study.py plan                       # the time plan and the detectable effects
     bash benchmarks/gpu_rco_study.sh                              # on the GPU machine (carry bench_out/lfw112_pack)
     bash benchmarks/gpu_rco_study.sh --dry-run                    # tiny, on a CPU

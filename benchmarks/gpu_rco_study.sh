@@ -6,7 +6,7 @@
 # H100, no network. The protocol, the throughput assumptions and the time arithmetic: benchmarks/README.md.
 #
 # Usage (from anywhere; it runs in the repository root):
-#   python benchmarks/gpu_rco_study.py pack                 # once, on a CPU: bench_out/lfw112_pack (~48 MiB)
+#   python benchmarks/gpu_rco_study.py pack                 # once, on a CPU: bench_out/lfw112_pack (49 MiB)
 #   bash benchmarks/gpu_rco_study.sh                        # one CUDA GPU (carry bench_out/lfw112_pack), <= 9 min
 #   bash benchmarks/gpu_rco_study.sh --dry-run              # a CPU: the same steps at tiny sizes (a few LFW people)
 #   bash benchmarks/gpu_rco_study.sh --budget-s 420 --seeds 0 1 2   # any study option after
