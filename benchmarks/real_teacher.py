@@ -231,8 +231,15 @@ def _median_ms(fn: Any, repeats: int) -> float:
     return float(np.median(times) * 1000)
 
 
-def onnx_ms_per_face(path: Path, crop: np.ndarray, repeats: int = 200) -> float:
-    """Median ms of one face (batch 1, one intra-op thread) in onnxruntime."""
+def _trials(fn: Any, repeats: int, trials: int = 5) -> dict[str, Any]:
+    """``trials`` medians of ``repeats`` timed calls each: the headline is their median, the spread their range."""
+    medians = [_median_ms(fn, repeats) for _ in range(trials)]
+    return {"ms": float(np.median(medians)), "trials_ms": medians, "spread_ms": [min(medians), max(medians)],
+            "repeats_per_trial": repeats}
+
+
+def onnx_ms_per_face(path: Path, crop: np.ndarray, repeats: int = 200) -> dict[str, Any]:
+    """ms of one face (batch 1, one intra-op thread) in onnxruntime: five trials of ``repeats`` runs."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -240,17 +247,17 @@ def onnx_ms_per_face(path: Path, crop: np.ndarray, repeats: int = 200) -> float:
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     x = ((crop.astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)[None].copy()
     name = sess.get_inputs()[0].name
-    return _median_ms(lambda: sess.run(None, {name: x}), repeats)
+    return _trials(lambda: sess.run(None, {name: x}), repeats)
 
 
-def dlib_ms_per_face(photo: Path, landmarks: np.ndarray, repeats: int = 30) -> float:
-    """Median ms of dlib's descriptor of one 150 chip (detection and chip cutting excluded)."""
+def dlib_ms_per_face(photo: Path, landmarks: np.ndarray, repeats: int = 30) -> dict[str, Any]:
+    """ms of dlib's descriptor of one 150 chip (detection and chip cutting excluded): five trials."""
     from facerco.prep.align import read_image
     from facerco.route.published import DlibTeacher, _find_dlib_model
 
     teacher = DlibTeacher(_find_dlib_model("dlib"))
     chip = teacher.view.crop(read_image(photo), landmarks)
-    return _median_ms(lambda: teacher.net.compute_face_descriptor(chip), repeats)
+    return _trials(lambda: teacher.net.compute_face_descriptor(chip), repeats)
 
 
 def _pair_indices(pairs_file: Path, root: Path, where: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -330,6 +337,11 @@ def _export(ckpt: Path, dest: Path, out: Path, int8: bool) -> dict[str, Any]:
             "gates": card.get("gates")}
 
 
+def _timing(t: dict[str, Any]) -> dict[str, Any]:
+    return {"ms_per_face": t["ms"], "ms_per_face_trials": t["trials_ms"], "ms_per_face_spread": t["spread_ms"],
+            "timing_repeats_per_trial": t["repeats_per_trial"]}
+
+
 def _model_facts(ckpt: Path) -> dict[str, Any]:
     from facerco.models.checkpoint import load_model
     from facerco.models.complexity import measure_complexity
@@ -367,7 +379,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     rel = sample.relative_to(ev.root).as_posix()
     lm = np.array(report[rel]["landmarks"].split(), np.float32).reshape(5, 2)
     teacher = {"name": "dlib_face_recognition_resnet_model_v1 (own HOG detection + 5-point chip)",
-               **ev.metrics(np.load(dlib_file)), "ms_per_face": dlib_ms_per_face(lfw / rel, lm),
+               **ev.metrics(np.load(dlib_file)), **_timing(dlib_ms_per_face(lfw / rel, lm)),
                "missed_detections": int((out / "dlib_missed.txt").read_text())}
     crop = read_image(sample)
     students: dict[str, Any] = {}
@@ -381,7 +393,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         fp32.parent.mkdir(exist_ok=True)
         export = _export(ckpt, fp32, out, int8=False)
         row = {**_model_facts(ckpt), **ev.metrics(_student_embeddings(ckpt, ev.paths)),
-               "ms_per_face": onnx_ms_per_face(Path(export["file"]), crop), "train_seconds": summary.get("seconds"),
+               **_timing(onnx_ms_per_face(Path(export["file"]), crop)), "train_seconds": summary.get("seconds"),
                "steps": summary.get("step"), "torch_threads": summary.get("torch_threads"), "export": export}
         students[name] = row
     if not students:
@@ -393,7 +405,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     if int8_file.is_file():
         students[f"{recommended}_int8"] = {**{k: students[recommended][k] for k in ("arch", "params", "macs")},
                                             **ev.metrics(_student_embeddings(int8_file, ev.paths)),
-                                            "ms_per_face": onnx_ms_per_face(int8_file, crop), "export": export8}
+                                            **_timing(onnx_ms_per_face(int8_file, crop)), "export": export8}
     result = {"benchmark": "real_teacher", "protocol": "benchmarks/README.md#real-teacher-benchmark-protocol",
               "split": {"test_sets": [s + 1 for s in TEST_SETS], "val_sets": [s + 1 for s in VAL_SETS],
                         "train_people": len(split["train"]), "test_pairs": len(ev.test[2]),
@@ -425,18 +437,23 @@ def _goals(teacher: dict[str, Any], students: dict[str, Any], rec: str) -> dict[
     return goals
 
 
+def _ms(row: dict[str, Any]) -> str:
+    low, high = row.get("ms_per_face_spread") or (row["ms_per_face"], row["ms_per_face"])
+    return f"{row['ms_per_face']:.2f} ({low:.2f}–{high:.2f})"
+
+
 def format_table(result: dict[str, Any]) -> str:
     t = result["teacher"]
     head = ("| model | params | MMACs | test pairs acc % (3 sets) | TAR@FAR=1e-3 % | 1:N rank-1 % | val acc % "
-            "| ms/face (1 thread) |\n|---|---|---|---|---|---|---|---|")
+            "| ms/face, 1 thread (range of 5 trials) |\n|---|---|---|---|---|---|---|---|")
     lines = [head, "| dlib ResNet (teacher, own pipeline) | – | – | "
                    f"{100 * t['pairs_acc']:.2f} ± {100 * t['pairs_acc_std']:.2f} | {100 * t['tar_far1e-3']:.2f} | "
-                   f"{100 * t['rank1']:.2f} | {100 * t['val_pairs_acc']:.2f} | {t['ms_per_face']:.1f} |"]
+                   f"{100 * t['rank1']:.2f} | {100 * t['val_pairs_acc']:.2f} | {_ms(t)} |"]
     for name, r in result["students"].items():
         star = " (recommended)" if name == result["recommended"] else ""
         lines.append(f"| {name}{star} | {r['params'] / 1e6:.3f}M | {r['macs'] / 1e6:.0f} | "
                      f"{100 * r['pairs_acc']:.2f} ± {100 * r['pairs_acc_std']:.2f} | {100 * r['tar_far1e-3']:.2f} | "
-                     f"{100 * r['rank1']:.2f} | {100 * r['val_pairs_acc']:.2f} | {r['ms_per_face']:.2f} |")
+                     f"{100 * r['rank1']:.2f} | {100 * r['val_pairs_acc']:.2f} | {_ms(r)} |")
     g = result["goals"]
     lines.append("")
     lines.append(f"recommended: {result['recommended']} (best validation accuracy); accuracy "
