@@ -86,6 +86,7 @@ FILES: dict[str, dict[str, Any]] = {
     },
     "loader.json": {
         "script": "benchmarks/loader.py", "indent": 2, "end_before": "965aa94",
+        "command": "nice -n 10 python benchmarks/loader.py --out benchmarks/results/loader.json (benchmarks/README)",
         "note": "loader.py benchmark (benchmarks/README: nice -n 10 python benchmarks/loader.py --out "
                 "benchmarks/results/loader.json); no command or duration in the file. Its engine-loader rows need "
                 "the script's commit below; its numbers (e.g. 3,142 / 2,516 img/s for the float loader with 1 "
@@ -94,6 +95,8 @@ FILES: dict[str, dict[str, Any]] = {
     },
     "rco_fmnist_gate.json": {
         "script": "benchmarks/rco_fmnist.py", "indent": 1,
+        "command": "python benchmarks/rco_fmnist.py --seeds 0 --out bench_out/fm_pilot_* with each attempt's settings "
+                   "(16 calls; each attempt's 'out' and settings are in the file)",
         "note": "Not one run: a hand-assembled summary of the 16 pilot calls of the closed-set gate (each attempt "
                 "names its output folder), added and extended by the commits listed, so no single library commit "
                 "applies. Their times were not recorded; the window runs from the script's last commit before the "
@@ -141,6 +144,40 @@ def touching(commits: list[Commit], path: str) -> list[Commit]:
     return [c for c in commits if path in c.files]
 
 
+def _pinned_versions(sha: str) -> dict[str, str]:
+    """The package pins of setup.cfg at ``sha`` (what a fresh install at that commit got), name -> version."""
+    pins = {}
+    for line in _git("show", f"{sha}:setup.cfg").splitlines():
+        name, sep, version = line.strip().partition("==")
+        if sep and name and " " not in name:
+            pins[name] = version
+    return pins
+
+
+def _threads(data: dict[str, Any]) -> int | None:
+    """Torch threads per process as the file states them (a ``threads`` key, ``machine.threads_per_job`` or the
+    command's ``--threads N``)."""
+    machine = data.get("machine") if isinstance(data.get("machine"), dict) else {}
+    for value in (data.get("threads"), machine.get("threads_per_job")):
+        if isinstance(value, int):
+            return value
+    words = str(data.get("command", "")).split()
+    return int(words[words.index("--threads") + 1]) if "--threads" in words[:-1] else None
+
+
+def _recovered(data: dict[str, Any], commit: Commit, basis: str, command: str | None) -> dict[str, Any]:
+    """Commit, versions, CPU, threads and command as far as git and the file itself tell them."""
+    machine = data.get("machine")
+    return {"commit": commit.sha, "commit_basis": basis,
+            "versions": {"pinned_at_commit": _pinned_versions(commit.sha),
+                         "in_file": {k: data[k] for k in ("torch", "onnxruntime", "versions") if k in data}},
+            "cpu": {"in_file": {k: v for k, v in (("machine", machine), ("cpu_flags", data.get("cpu_flags")))
+                                if v is not None} or None,
+                    "model": None, "note": "the CPU model was not recorded by the run"},
+            "torch_threads": _threads(data), "torch_threads_note": None if _threads(data) else "not recorded",
+            "command": data.get("command") or command}
+
+
 def window_block(name: str, spec: dict[str, Any], data: dict[str, Any], commits: list[Commit]) -> dict[str, Any]:
     """The reconstructed block of one results file (see the module docstring for the rules)."""
     path = f"benchmarks/results/{name}"
@@ -164,7 +201,10 @@ def window_block(name: str, spec: dict[str, Any], data: dict[str, Any], commits:
     certain = [c for c in lib if start_latest < c.time <= end_earliest] if duration else []
     possible = [c for c in lib if start_earliest < c.time <= end_latest and c not in certain]
     block: dict[str, Any] = {
-        "recorded": False, "reconstructed": True, "commit": None, "dirty": None,
+        "recorded": False, "reconstructed": True, "dirty": None,
+        **_recovered(data, end if series else head,
+                     "the commit that last changed the file (several calls: no single library commit)" if series
+                     else "library_commit_most_likely (see basis)", spec.get("command")),
         "added_by": added.brief(files=False), "changed_later_by": [c.brief(files=False) for c in changed_later],
         "script": spec["script"], "script_commit_assumed": script_commit.brief(files=False),
         "seconds_total": duration,
