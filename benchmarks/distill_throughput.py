@@ -2,7 +2,7 @@
 
 Every mode trains the same student (``--student``, default ``mbf_0.8m``, the RCO paper's 0.8M-parameter face
 student) with the same ArcFace Partial-FC head through :class:`facerco.train.engine.Engine` and
-:class:`facerco.train.student.StudentTask`, on generated faces (:class:`facerco.data.synthetic.SyntheticFaces`)
+:class:`facerco.distill.task.StudentTask`, on generated faces (:class:`facerco.data.synthetic.SyntheticFaces`)
 held in memory, so the data path costs the same everywhere:
 
 * ``scratch``: ArcFace only (no teacher);
@@ -134,9 +134,10 @@ def student_task_factory(num_classes: int, source: Callable[[Any], Any] | None, 
     """Builds the job's StudentTask (backbone + Partial-FC head + mimic) for a config; ``source`` makes anchors."""
 
     def build(cfg: Any) -> Any:
+        from facerco.distill.builders import default_head
+        from facerco.distill.task import StudentTask
         from facerco.route.plan import build_stage_plan
         from facerco.train.engine import seed_everything
-        from facerco.train.student import StudentTask, default_head
         from facerco.train.teacher import build_backbone
 
         seed_everything(0)
@@ -189,8 +190,8 @@ def make_teacher(name: str, size: int, dataset: Dataset) -> torch.nn.Module:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from facerco.distill.anchors import CachedAnchors, OnlineAnchors
     from facerco.route.cache import AnchorCache, build_cache
-    from facerco.train.student import CachedAnchors, OnlineAnchors
     from facerco.utils.device import resolve_device
 
     device = str(resolve_device(args.device))

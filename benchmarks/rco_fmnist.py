@@ -11,7 +11,7 @@ The pre-registered protocol (``benchmarks/README.md``, "RCO study protocol", wri
   route with three lr phases), one route point per epoch with its validation accuracy and lr.
 * **Students**: ``cnn`` width 4 (4.2k parameters, 27× smaller), the teacher's full schedule (16 epochs, the same lr
   drops), Hinton KD ``(1-α)·CE + α·T²·KL`` with T=4, α=0.9, batch 256. Variants (all through the engine, the
-  library's plans :func:`facerco.train.student.build_plan` / :mod:`facerco.route.strategies` and its
+  library's plans :func:`facerco.distill.planning.build_plan` / :mod:`facerco.route.strategies` and its
   :class:`~facerco.route.strategies.RouteFollower`): ``scratch``, ``kd_final`` (the reference), the controls
   ``early`` and ``reverse``, and the primary route strategies ``rco_eeis_one``, ``rco_eeis_multi``, ``lockstep``,
   ``phase``, ``ensemble``, ``rco_gss_online``.
@@ -370,8 +370,8 @@ def variant_plan(args: argparse.Namespace, variant: str, points: list[dict[str, 
                  spe: int) -> tuple[Any, Any]:
     """(anchor plan, stage plan) of a variant through the library's single planning function."""
     from facerco.config import Config, DistillConfig, OptimConfig
+    from facerco.distill.planning import build_plan
     from facerco.route.anchors import route_points
-    from facerco.train.student import build_plan
 
     d = DistillConfig(final_share=args.final_share, gss_delta=args.gss_delta, kd_temperature=args.temperature,
                       **DISTILL[variant])

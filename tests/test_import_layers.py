@@ -6,8 +6,6 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "facerco"
-# re-export modules kept for old imports (facerco.train.student -> facerco.distill); they hold no logic (tested below)
-COMPAT_SHIMS = {"train/student.py", "train/compare.py"}
 
 
 def _package(module: str) -> str:
@@ -40,8 +38,6 @@ def package_graph() -> dict[str, set[str]]:
     """facerco sub-package -> the sub-packages its modules import (single-file modules count as packages)."""
     graph: dict[str, set[str]] = {}
     for path in ROOT.rglob("*.py"):
-        if path.relative_to(ROOT).as_posix() in COMPAT_SHIMS:
-            continue
         here = _package_of(path)
         graph.setdefault(here, set()).update(_imported_packages(path, here))
     return graph
@@ -88,20 +84,6 @@ def test_route_does_not_import_train():
 def test_route_and_train_do_not_import_distill():
     """distill sits above route and train: `route plan`, `compare` and `distill` call it, never the reverse."""
     offenders = [path.relative_to(ROOT).as_posix() for pkg in ("route", "train") for path in (ROOT / pkg).rglob("*.py")
-                 if path.relative_to(ROOT).as_posix() not in COMPAT_SHIMS
-                 and "distill" in _imported_packages(path, _package_of(path))]
+                 if "distill" in _imported_packages(path, _package_of(path))]
     assert offenders == []
     assert {"route", "train"} <= package_graph()["distill"]  # the rule is about a real dependency
-
-
-def test_compat_shims_only_re_export():
-    """A shim left out of the graph may hold no logic: a docstring, imports from facerco.distill and __all__."""
-    for rel in sorted(COMPAT_SHIMS):
-        tree = ast.parse((ROOT / rel).read_text(encoding="utf-8"))
-        for node in tree.body:
-            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
-                continue  # the docstring
-            if isinstance(node, ast.ImportFrom):
-                assert node.module == "__future__" or node.module.startswith("facerco.distill."), (rel, node.module)
-                continue
-            assert isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["__all__"], (rel, ast.dump(node))

@@ -9,7 +9,7 @@
 - ``job``: ``run_distill``, the `facerco distill` job (setup steps, engine, files a run leaves)
 - ``compare``: baselines and RCO variants under one budget (`facerco compare`)
 
-The package imports ``facerco.route`` and ``facerco.train``; neither imports it (``facerco.train.student`` and
-``facerco.train.compare`` are re-export shims kept for old imports). Nothing is re-exported here, so that
+The package imports ``facerco.route`` and ``facerco.train``; neither imports it (the old ``facerco.train.student`` and
+``facerco.train.compare`` re-exports are gone: import from here). Nothing is re-exported here, so that
 `facerco --help` need not import the job: import from the modules.
 """

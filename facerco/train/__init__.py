@@ -6,5 +6,4 @@
 - ``teacher``: margin-softmax training of a backbone that records its route
 - ``schedule``: per-iteration lr schedules (staged schedules: :class:`facerco.route.plan.StagedSchedule`)
 - ``checkpoint``, ``sampler``, ``distributed``, ``precision``, ``runlog``, ``validation``: the engine's parts
-- ``student``, ``compare``: compatibility re-exports of :mod:`facerco.distill` (no logic)
 """
