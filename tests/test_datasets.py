@@ -109,6 +109,25 @@ def test_eval_transform_resizes_and_decodes_bytes():
     assert torch.equal(EvalTransform(64)(_image(3, 64)), normalize(_image(3, 64)))
 
 
+@pytest.mark.parametrize(("size", "mean", "std"), [((32, 32), 127.5, 127.5), ((40, 24), 0.0, 1.0),
+                                                    ((16, 16), 123.675, 58.395), ((80, 90), 127.5, 128.0)])
+def test_eval_preprocessor_is_bit_identical_to_torch_formula(size, mean, std):
+    """The one evaluation preprocessor gives exactly what the extractor computed before (cv2 resize with the area
+    filter when shrinking, then torch's float (x - mean) / std), for any model size, mean and std."""
+    import cv2
+
+    img = np.random.default_rng(1).integers(0, 256, size=(50, 60, 3), dtype=np.uint8)
+    h, w = size
+    interp = cv2.INTER_AREA if img.shape[0] > h or img.shape[1] > w else cv2.INTER_LINEAR
+    resized = cv2.resize(img, (w, h), interpolation=interp)
+    want = torch.from_numpy(resized).permute(2, 0, 1).float().sub_(mean).div_(std)
+    got = EvalTransform(size, mean=mean, std=std)(img)
+    assert got.shape == (3, h, w) and torch.equal(got, want)
+    assert EvalTransform(size, mean=mean, std=std).batch_decodable == (h == w and (mean, std) == (127.5, 127.5))
+    with pytest.raises(ValueError, match="uint8"):
+        EvalTransform(16, output="uint8", mean=0.0, std=1.0)
+
+
 # --------------------------------------------------------------------------------------------- RecordDataset
 
 

@@ -34,8 +34,15 @@ def _images(n, seed=0):
     return [rng.integers(0, 256, size=(40, 36, 3), dtype=np.uint8) for _ in range(n)]
 
 
+def _reference_input(img, size=32):
+    """The evaluation input written out independently: area-shrink to the model side, then torch's (x - 127.5) / 127.5
+    (the formula of the extractor before its preprocessor became ``EvalTransform``; values must stay bit-identical)."""
+    small = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(small).permute(2, 0, 1).float().sub_(127.5).div_(127.5)
+
+
 def _expected(model, imgs):
-    x = torch.stack([F._Prepare((32, 32), 127.5, 127.5)(im) for im in imgs])
+    x = torch.stack([_reference_input(im) for im in imgs])
     with torch.no_grad():
         a, b = model(x).double().numpy(), model(x.flip(3)).double().numpy()
     fused = a + b

@@ -56,9 +56,10 @@ class _BatchDecoder:
     @property
     def decodes_batches(self) -> bool:
         """Whether :meth:`decode_batch` gives exactly the items' pixels before normalizing: the transform is an
-        :class:`EvalTransform` without a random flip of its own (a custom transform is applied item by item)."""
+        :class:`EvalTransform` without a random flip of its own, square and with the (127.5, 127.5) normalization
+        that :func:`~facerco.data.transforms.normalize_batch` applies (another transform is applied item by item)."""
         t = self.transform
-        return isinstance(t, EvalTransform) and not getattr(t, "flip", False)
+        return isinstance(t, EvalTransform) and t.batch_decodable and not getattr(t, "flip", False)
 
     def decode_batch(self, indices: Sequence[int], flips: Sequence[int],
                      out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

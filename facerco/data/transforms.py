@@ -20,6 +20,7 @@ __all__ = [
     "normalize",
     "normalize_batch",
     "resize_square",
+    "resize_to",
     "TrainTransform",
     "EvalTransform",
 ]
@@ -59,28 +60,34 @@ def encode_jpeg(img_rgb: np.ndarray, quality: int = 95) -> bytes:
 
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     """Resize to ``size`` x ``size`` (area filter when shrinking, bilinear when enlarging); no-op when it fits."""
+    return resize_to(img, size, size)
+
+
+def resize_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize to ``height`` x ``width``: area filter when either side shrinks, bilinear otherwise; no-op when it
+    fits (a model whose input is not square, e.g. an ONNX file, gets its own shape)."""
     h, w = img.shape[:2]
-    if h == size and w == size:
+    if h == height and w == width:
         return img
-    interp = cv2.INTER_AREA if h > size or w > size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
+    interp = cv2.INTER_AREA if h > height or w > width else cv2.INTER_LINEAR
+    return cv2.resize(img, (width, height), interpolation=interp)
 
 
-_HALF = np.float32(127.5)
-
-
-def normalize(img: np.ndarray) -> torch.Tensor:
-    """RGB uint8 HWC -> contiguous float32 CHW tensor (x - 127.5) / 127.5 (the ModelMeta mean/std convention).
+def normalize(img: np.ndarray, mean: float = 127.5, std: float = 127.5) -> torch.Tensor:
+    """RGB uint8 HWC -> contiguous float32 CHW tensor (x - mean) / std; the defaults are the ModelMeta convention.
 
     Each channel is converted and shifted in one strided numpy pass straight into CHW order; measured faster than
-    torch's permute/float (whose result keeps the HWC layout and makes the batch ``stack`` a slow gather).
+    torch's permute/float (whose result keeps the HWC layout and makes the batch ``stack`` a slow gather). ``mean``
+    and ``std`` are rounded to float32 first and both steps run in float32, so the values equal torch's
+    ``x.float().sub_(mean).div_(std)`` bit for bit (what evaluation computed before this function served it).
     """
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"normalize expects an RGB uint8 (H, W, 3) array, got {img.dtype} {img.shape}")
+    shift, scale = np.float32(mean), np.float32(std)
     out = np.empty((3, img.shape[0], img.shape[1]), dtype=np.float32)
     for c in range(3):
-        np.subtract(img[:, :, c], _HALF, out=out[c])
-    out /= _HALF
+        np.subtract(img[:, :, c], shift, out=out[c])
+    out /= scale
     return torch.from_numpy(out)
 
 
@@ -97,30 +104,54 @@ def normalize_batch(batch: torch.Tensor) -> torch.Tensor:
 
 
 class EvalTransform:
-    """Decode if needed, resize to ``size`` when the image differs, normalize. No randomness.
+    """The one evaluation preprocessor: decode if needed, resize to the network input when the image differs,
+    normalize ``(x - mean) / std``. No randomness.
+
+    Training datasets, the anchor cache, the feature extractor (every evaluator), ONNX/embedding export and int8
+    calibration all build this class (the extractor through ``Embedder.preprocessor()``, with the model's own size,
+    mean and std), so a model sees the same pixels in every one of them.
 
     Args:
-        size: network input side in pixels.
+        size: network input side in pixels, or ``(height, width)`` for a model whose input is not square.
         output: ``"float"`` gives the normalized (3, H, W) float tensor; ``"uint8"`` gives the (H, W, 3) RGB uint8
-            tensor for :func:`normalize_batch` on the device (faster loaders).
+            tensor for :func:`normalize_batch` on the device (faster loaders; only with the default mean and std,
+            which is what :func:`normalize_batch` applies).
+        mean, std: the model's normalization (ModelMeta: 127.5 and 127.5).
     """
 
-    def __init__(self, size: int = 112, output: Literal["float", "uint8"] = "float") -> None:
-        if size <= 0:
+    def __init__(self, size: int | tuple[int, int] = 112, output: Literal["float", "uint8"] = "float",
+                 mean: float = 127.5, std: float = 127.5) -> None:
+        height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if height <= 0 or width <= 0:
             raise ValueError(f"size must be positive, got {size}")
         if output not in ("float", "uint8"):
             raise ValueError(f"output must be 'float' or 'uint8', got {output!r}")
-        self.size = int(size)
+        if std == 0:
+            raise ValueError("std must not be 0")
+        if output == "uint8" and (mean, std) != (127.5, 127.5):
+            raise ValueError(f"output='uint8' leaves normalizing to normalize_batch (127.5, 127.5); mean={mean} "
+                             f"std={std} needs output='float'")
+        self.input_size = (height, width)
+        self.size: int | tuple[int, int] = height if height == width else (height, width)
         self.output = output
+        self.mean, self.std = float(mean), float(std)
+
+    @property
+    def batch_decodable(self) -> bool:
+        """Whether a batch of :meth:`prepare_into` images normalized by :func:`normalize_batch` (square, 127.5)
+        gives exactly this transform's tensors: the engine's uint8 batch path is allowed only then."""
+        return isinstance(self.size, int) and self.mean == 127.5 and self.std == 127.5
 
     def _finish(self, img: np.ndarray) -> torch.Tensor:
-        return normalize(img) if self.output == "float" else torch.from_numpy(np.ascontiguousarray(img))
+        if self.output == "float":
+            return normalize(img, self.mean, self.std)
+        return torch.from_numpy(np.ascontiguousarray(img))
 
     def prepare(self, img: np.ndarray | bytes) -> np.ndarray:
         """The RGB uint8 image at the network size (decoded from bytes when given bytes)."""
         if not isinstance(img, np.ndarray):
             img = decode_image(img)
-        return resize_square(img, self.size)
+        return resize_to(img, *self.input_size)
 
     def __call__(self, img: np.ndarray | bytes) -> torch.Tensor:
         return self._finish(self.prepare(img))
@@ -135,7 +166,8 @@ class EvalTransform:
             np.copyto(out, img)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size}, output={self.output!r})"
+        norm = "" if (self.mean, self.std) == (127.5, 127.5) else f", mean={self.mean:g}, std={self.std:g}"
+        return f"{type(self).__name__}(size={self.size}, output={self.output!r}{norm})"
 
 
 class TrainTransform(EvalTransform):

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from facerco.data.transforms import EvalTransform
 from facerco.eval.checks import check_rows
 from facerco.utils.io import atomic_path
 
@@ -89,6 +90,11 @@ class Embedder:
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         return self.fn(x)
+
+    def preprocessor(self) -> EvalTransform:
+        """The evaluation preprocessor for this model (its input size, mean and std): what the extractor, IJB,
+        embedding export and int8 calibration feed it, so every one of them sees the same pixels."""
+        return EvalTransform(self.input_size, mean=self.mean, std=self.std)
 
 
 def _module_embedder(model: nn.Module, device: torch.device, name: str) -> Embedder:
@@ -211,27 +217,6 @@ def _eval_mode(model: Any) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------------------------
 # Sources
 # ---------------------------------------------------------------------------------------------------------------
-
-
-class _Prepare:
-    """Decoded RGB uint8 -> resized -> (x - mean) / std, CHW float tensor."""
-
-    def __init__(self, size: tuple[int, int], mean: float, std: float) -> None:
-        self.size, self.mean, self.std = size, mean, std
-
-    def __call__(self, img: np.ndarray | bytes) -> torch.Tensor:
-        import cv2
-
-        from facerco.data.transforms import decode_image
-
-        if not isinstance(img, np.ndarray):
-            img = decode_image(img)
-        h, w = self.size
-        if img.shape[:2] != (h, w):
-            shrink = img.shape[0] > h or img.shape[1] > w
-            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()
-        return t.sub_(self.mean).div_(self.std)
 
 
 class _ListSource(torch.utils.data.Dataset):
@@ -363,7 +348,7 @@ def extract_embeddings(
         :class:`Embeddings`.
     """
     emb_fn = model if isinstance(model, Embedder) else load_embedder(model, device, arch)
-    tf = transform or _Prepare(emb_fn.input_size, emb_fn.mean, emb_fn.std)
+    tf = transform or emb_fn.preprocessor()
     ds = open_source(source, tf)
     if len(ds) == 0:
         raise ValueError(f"{source}: no images to embed")

@@ -26,7 +26,7 @@ import torch
 
 from facerco.eval.checks import check_features
 from facerco.eval.feature_cache import FeatureCache, files_key
-from facerco.eval.features import Embedder, _Prepare, extract_embeddings
+from facerco.eval.features import Embedder, extract_embeddings
 from facerco.eval.ijb import IJBMeta
 from facerco.prep.align import read_image, warp_face
 from facerco.utils.io import read_json, write_json
@@ -58,7 +58,7 @@ class AlignedFaces(torch.utils.data.Dataset):
     def __init__(self, meta: IJBMeta, embedder: Embedder, start: int = 0, stop: int | None = None) -> None:
         self.meta, self.start = meta, start
         self.stop = len(meta.faces.names) if stop is None else stop
-        self.prepare = _Prepare(embedder.input_size, embedder.mean, embedder.std)
+        self.prepare = embedder.preprocessor()
         self.paths = [str(p) for p in meta.image_paths()[start : self.stop]]
 
     def __len__(self) -> int:

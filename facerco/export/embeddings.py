@@ -210,12 +210,12 @@ def export_embeddings(
     Returns:
         Summary dict (also saved as ``out/manifest.json``): count, dim, format, dtype, shards, shards_skipped, files.
     """
-    from facerco.eval.features import _Prepare, extract_embeddings, load_embedder, open_source
+    from facerco.eval.features import extract_embeddings, load_embedder, open_source
 
     _check_args(fmt, dtype, algo, shard_size)
     out = Path(out)
     embedder = load_embedder(model, device, arch)
-    dataset = open_source(source, _Prepare(embedder.input_size, embedder.mean, embedder.std))
+    dataset = open_source(source, embedder.preprocessor())
     listed = getattr(dataset, "paths", None)
     paths = [str(p) for p in (listed if listed is not None else range(len(dataset)))]
     if not paths:

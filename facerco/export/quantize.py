@@ -106,9 +106,9 @@ class _AsUint8:
     calibration images are exactly what evaluation feeds the model, normalised later by ``normalize_batch``."""
 
     def __init__(self, size: tuple[int, int]) -> None:
-        from facerco.eval.features import _Prepare
+        from facerco.data.transforms import EvalTransform
 
-        self.prepare = _Prepare(size, 0.0, 1.0)
+        self.prepare = EvalTransform(size, mean=0.0, std=1.0)
 
     def __call__(self, img: np.ndarray | bytes) -> np.ndarray:
         return np.ascontiguousarray(self.prepare(img).permute(1, 2, 0).numpy().astype(np.uint8))
