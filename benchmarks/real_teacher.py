@@ -109,6 +109,7 @@ def cmd_cache(args: argparse.Namespace) -> None:
 STUDENTS = {  # name -> overrides of configs/student/real_teacher_dlib.yaml (same budget for every student)
     "mimic": [],
     "mimic_arcface": ["distill.arcface_weight=1.0"],
+    "mimic_relu": ["model.activation=relu"],  # issue 20: the activation onnxruntime runs in int8
     "scratch": ["distill.mimic_weight=0.0", "distill.arcface_weight=1.0", "distill.target_center=false",
                 "distill.cache="],  # no teacher: nothing to read
 }

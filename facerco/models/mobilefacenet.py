@@ -43,16 +43,29 @@ from facerco.models._registry import check_overrides, register_model
 __all__ = ["ConvBlock", "LinearBlock", "DepthWise", "Residual", "GDC", "MobileFaceNet"]
 
 
+ACTIVATIONS = ("prelu", "relu")
+
+
+def _activation(name: str, channels: int) -> nn.Module:
+    """The block activation: PReLU as published, or ReLU, which int8 runtimes fold into the preceding integer
+    convolution (onnxruntime has no integer PReLU: each one runs in float between a dequantize and a requantize)."""
+    if name == "prelu":
+        return nn.PReLU(channels)
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    raise ValueError(f"MobileFaceNet: activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}")
+
+
 class ConvBlock(nn.Module):
-    """conv (no bias) -> BN -> PReLU."""
+    """conv (no bias) -> BN -> PReLU (or ReLU)."""
 
     def __init__(self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0,
-                 groups: int = 1) -> None:
+                 groups: int = 1, activation: str = "prelu") -> None:
         super().__init__()
         self.layers = nn.Sequential(
             nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False),
             nn.BatchNorm2d(out_c),
-            nn.PReLU(out_c),
+            _activation(activation, out_c),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,15 +90,16 @@ class LinearBlock(nn.Module):
 class DepthWise(nn.Module):
     """Inverted bottleneck: 1x1 expand to ``hidden`` -> 3x3 depthwise (stride) -> 1x1 linear project (+x)."""
 
-    def __init__(self, in_c: int, out_c: int, hidden: int, stride: int = 1, residual: bool = False) -> None:
+    def __init__(self, in_c: int, out_c: int, hidden: int, stride: int = 1, residual: bool = False,
+                 activation: str = "prelu") -> None:
         super().__init__()
         if residual and (stride != 1 or in_c != out_c):
             raise ValueError(f"DepthWise: a residual block needs stride 1 and in_c == out_c, got {stride}, "
                              f"{in_c}->{out_c}")
         self.residual = residual
         self.layers = nn.Sequential(
-            ConvBlock(in_c, hidden, 1),
-            ConvBlock(hidden, hidden, 3, stride=stride, padding=1, groups=hidden),
+            ConvBlock(in_c, hidden, 1, activation=activation),
+            ConvBlock(hidden, hidden, 3, stride=stride, padding=1, groups=hidden, activation=activation),
             LinearBlock(hidden, out_c, 1),
         )
 
@@ -97,9 +111,10 @@ class DepthWise(nn.Module):
 class Residual(nn.Module):
     """``num_block`` residual bottlenecks at constant width (may be empty)."""
 
-    def __init__(self, channels: int, num_block: int, hidden: int) -> None:
+    def __init__(self, channels: int, num_block: int, hidden: int, activation: str = "prelu") -> None:
         super().__init__()
-        self.layers = nn.Sequential(*[DepthWise(channels, channels, hidden, residual=True) for _ in range(num_block)])
+        self.layers = nn.Sequential(*[DepthWise(channels, channels, hidden, residual=True, activation=activation)
+                                      for _ in range(num_block)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -130,6 +145,7 @@ class MobileFaceNet(nn.Module):
         embedding_size: output dimension D.
         width_mult: extra multiplier on every width, expansions and head included (1.0 = reference layout).
         input_size: (H, W) or one int, divisible by 16; sets the GDC kernel (112 -> 7x7).
+        activation: ``prelu`` (published) or ``relu`` (quantizes fully in onnxruntime; see ``benchmarks/export.py``).
     """
 
     def __init__(
@@ -139,6 +155,7 @@ class MobileFaceNet(nn.Module):
         embedding_size: int = 512,
         width_mult: float = 1.0,
         input_size: int | Sequence[int] = 112,
+        activation: str = "prelu",
     ) -> None:
         super().__init__()
         if len(blocks) != 4 or blocks[0] < 1 or any(int(b) < 0 for b in blocks):
@@ -148,27 +165,30 @@ class MobileFaceNet(nn.Module):
         size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(v) for v in input_size)
         if any(s % 16 for s in size):
             raise ValueError(f"MobileFaceNet: input_size {size} must be divisible by 16 (four stride-2 layers)")
+        _activation(activation, 1)
         self.input_size = size
+        self.activation = activation
         self.embedding_size = int(embedding_size)
 
         def ch(c: float) -> int:
             return max(8, int(round(c * width_mult / 8)) * 8) if width_mult != 1.0 else int(c)
 
         c1, c2, head = ch(64 * scale), ch(128 * scale), ch(512)
-        self.layers = nn.ModuleList([ConvBlock(3, c1, 3, stride=2, padding=1)])
+        act = activation
+        self.layers = nn.ModuleList([ConvBlock(3, c1, 3, stride=2, padding=1, activation=act)])
         if blocks[0] == 1:
-            self.layers.append(ConvBlock(c1, c1, 3, padding=1, groups=math.gcd(ch(64), c1)))
+            self.layers.append(ConvBlock(c1, c1, 3, padding=1, groups=math.gcd(ch(64), c1), activation=act))
         else:
-            self.layers.append(Residual(c1, int(blocks[0]), ch(128)))
+            self.layers.append(Residual(c1, int(blocks[0]), ch(128), activation=act))
         self.layers.extend([
-            DepthWise(c1, c1, ch(128), stride=2),
-            Residual(c1, int(blocks[1]), ch(128)),
-            DepthWise(c1, c2, ch(256), stride=2),
-            Residual(c2, int(blocks[2]), ch(256)),
-            DepthWise(c2, c2, ch(512), stride=2),
-            Residual(c2, int(blocks[3]), ch(256)),
+            DepthWise(c1, c1, ch(128), stride=2, activation=act),
+            Residual(c1, int(blocks[1]), ch(128), activation=act),
+            DepthWise(c1, c2, ch(256), stride=2, activation=act),
+            Residual(c2, int(blocks[2]), ch(256), activation=act),
+            DepthWise(c2, c2, ch(512), stride=2, activation=act),
+            Residual(c2, int(blocks[3]), ch(256), activation=act),
         ])
-        self.conv_sep = ConvBlock(c2, head, 1)
+        self.conv_sep = ConvBlock(c2, head, 1, activation=act)
         self.features = GDC(head, self.embedding_size, (size[0] // 16, size[1] // 16))
         self.num_features = head
         self.feature_info = [
