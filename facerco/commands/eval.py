@@ -1,7 +1,8 @@
 """`facerco eval verify|megaface|ijb`: verification accuracy, MegaFace-style 1:N identification and IJB-B/C template
 evaluation, as reports.
 
-Thin CLI over :mod:`facerco.eval`; heavy imports happen inside the handlers so ``facerco --help`` stays fast.
+Thin CLI over :mod:`facerco.eval.run` (``run_verification``, ``run_megaface``, ``run_ijb``): each handler parses,
+calls and prints a summary of the returned report; heavy imports happen inside so ``facerco --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -13,114 +14,36 @@ from typing import Any
 from facerco.commands._common import add_debug_arg
 
 
-def _model_name(model: str, names: list[str] | None, i: int) -> str:
-    if names:
-        return names[i]
-    p = Path(model)
-    return p.parent.name + "/" + p.stem if p.parent.name else p.stem
-
-
-def _embedder(model: str, args: argparse.Namespace) -> Any:
-    """The model loaded once (``--arch`` for insightface .pth state_dicts)."""
-    from facerco.eval.features import load_embedder
-
-    return load_embedder(model, args.device, args.arch)
-
-
 def _verify(args: argparse.Namespace) -> int:
-    from facerco.eval.report import write_report
-    from facerco.eval.verification import verify_bin, verify_pairs
+    from facerco.eval.run import run_verification
 
-    if bool(args.bin) == bool(args.pairs):
-        raise ValueError("give either --bin FILE [FILE ...] or --pairs pairs.txt --root DIR")
-    if args.pairs and not args.root:
-        raise ValueError("--pairs needs --root (the folder holding <name>/<name>_NNNN.jpg)")
-    if args.names and len(args.names) != len(args.model):
-        raise ValueError(f"--names gives {len(args.names)} names for {len(args.model)} models")
-    results: dict[str, dict[str, Any]] = {}
-    for i, model_path in enumerate(args.model):
-        name = _model_name(model_path, args.names, i)
-        model = _embedder(model_path, args)
-        per_set: dict[str, Any] = {}
-        for b in args.bin or []:
-            per_set[Path(b).stem] = verify_bin(model, b, args.batch_size, args.device, args.nfolds, args.far,
-                                               progress=True)
-        if args.pairs:
-            per_set[Path(args.pairs).stem] = verify_pairs(
-                model, args.pairs, args.root, args.batch_size, args.device, args.nfolds, args.far, ext=args.ext,
-                progress=True, num_workers=args.num_workers)
+    report = run_verification(args.model, args.bin or (), args.pairs, args.root, ext=args.ext, names=args.names,
+                              nfolds=args.nfolds, fars=args.far, out=args.out, arch=args.arch,
+                              batch_size=args.batch_size, device=args.device, num_workers=args.num_workers)
+    for name, per_set in report["verification"].items():
         for set_name, r in per_set.items():
             tars = "  ".join(f"TAR@{f}={100 * v['tar']:.2f}%" for f, v in r["tar_at_far"].items())
             print(f"{name:<28} {set_name:<14} acc {100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}  "
                   f"thr {r['best_threshold']:.3f}  {tars}  XNorm {r['xnorm']:.2f}")
-        results[name] = per_set
-    paths = write_report(args.out, verification=results, meta={"command": "eval verify"})
-    print(f"report: {paths['md']}")
+    print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# megaface
-# ---------------------------------------------------------------------------------------------------------------
-
-
 def _megaface(args: argparse.Namespace) -> int:
-    import numpy as np
+    from facerco.eval.run import run_megaface
 
-    from facerco.eval.checks import UNIT_TOL
-    from facerco.eval.feature_cache import FeatureCache, model_key
-    from facerco.eval.identification import evaluate_identification
-    from facerco.eval.megaface_features import FeatureOptions, noise_mask, role_features, subset_lists
-    from facerco.eval.report import write_report
-
-    models: list[str | None] = list(args.model) if args.model else [None]
-    if args.names and len(args.names) != len(models):
-        raise ValueError(f"--names gives {len(args.names)} names for {len(models)} models")
-    out = Path(args.out)
-    opts = FeatureOptions(out, args.algo, args.distractor_root, args.arch, args.batch_size, args.device,
-                          args.num_workers)
-    results = {}
-    for i, model in enumerate(models):
-        name = args.names[i] if args.names else (_model_name(model, None, 0) if model else "features")
-        cache = FeatureCache(out / "features" / name.replace("/", "_"), model_key(model, args.arch)) if model else None
-        probes, p_stats = role_features(args.probes, "probes", model, opts, cache)
-        dist, d_stats = role_features(args.distractors, "distractors", model, opts, cache)
-        if (np.asarray(probes.labels) < 0).any():
-            raise ValueError(f"{args.probes}: probes need identity labels (an identity folder, or a .csv index)")
-        res = evaluate_identification(
-            np.asarray(probes.emb, np.float32), probes.labels, dist.emb, sizes=args.sizes,
-            subsets=subset_lists(args.subset_list, dist.paths), seed=args.seed, fars=args.far,
-            probe_noise=noise_mask(args.probe_noise, probes.paths, "probes"),
-            distractor_noise=noise_mask(args.distractor_noise, dist.paths, "distractors"),
-            backend=args.backend, device=args.device, chunk_size=args.chunk_size, normalize=True)
-        res["features"] = {"normalized_by_evaluator": True, "unit_tolerance": UNIT_TOL,
-                           "probes": p_stats.as_dict(), "distractors": d_stats.as_dict()}
+    report = run_megaface(args.probes, args.distractors, args.model, names=args.names, out=args.out, algo=args.algo,
+                          distractor_root=args.distractor_root, sizes=args.sizes, subset_list=args.subset_list,
+                          seed=args.seed, probe_noise=args.probe_noise, distractor_noise=args.distractor_noise,
+                          fars=args.far, backend=args.backend, chunk_size=args.chunk_size, arch=args.arch,
+                          batch_size=args.batch_size, device=args.device, num_workers=args.num_workers)
+    for name, res in report["identification"].items():
         for s in res["sizes"]:
             tars = "  ".join(f"TAR@{f}={100 * v:.2f}%" for f, v in s["tar_at_far"].items())
             print(f"{name:<24} {s['size']:>9,} distractors  rank-1 {100 * s['rank1']:.2f}%  "
                   f"rank-10 {100 * s['cmc'][-1]:.2f}%  {tars}")
-        results[name] = res
-    paths = write_report(out, identification=results, meta={"command": "eval megaface", "probes": args.probes,
-                                                            "distractors": args.distractors})
-    print(f"report: {paths['md']}")
+    print(f"report: {Path(args.out) / 'report.md'}")
     return 0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# ijb
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _print_meta(meta: Any) -> None:
-    pairs = meta.pairs
-    print(f"{meta.files.target}: {len(meta.templates):,} faces, {len(meta.template_ids):,} templates, "
-          f"{len(pairs.t1):,} pairs ({int(pairs.label.sum()):,} genuine; {pairs.repeats} repeated rows, scored as "
-          "listed" + (f"; first: {pairs.first_repeat}" if pairs.first_repeat else "") + ")")
-    if meta.probes is None:
-        print(f"{meta.files.target}: 1:N files absent: identification skipped")
-    else:
-        sizes = ", ".join(f"{g} {len(t):,}" for g, t, _ in meta.galleries)
-        print(f"{meta.files.target} 1:N: gallery templates {sizes}; {len(meta.probes[0]):,} mixed probe templates")
 
 
 def _print_ijb(name: str, r: dict[str, Any]) -> None:
@@ -137,43 +60,17 @@ def _print_ijb(name: str, r: dict[str, Any]) -> None:
 
 
 def _ijb(args: argparse.Namespace) -> int:
-    import os
-    import time
+    from facerco.eval.run import run_ijb
 
-    import numpy as np
-
-    from facerco.eval.feature_cache import model_key
-    from facerco.eval.ijb import evaluate_ijb, load_meta
-    from facerco.eval.ijb_features import ijb_features, resource_usage
-    from facerco.eval.report import write_report
-    from facerco.utils.io import atomic_path
-
-    start = time.perf_counter()
-    if args.names and len(args.names) != len(args.model):
-        raise ValueError(f"--names gives {len(args.names)} names for {len(args.model)} models")
-    meta = load_meta(args.root, args.target)
-    _print_meta(meta)
-    out, results = Path(args.out), {}
-    for i, model_path in enumerate(args.model):
-        name = _model_name(model_path, args.names, i)
-        folder = out / "features" / name.replace("/", "_")
-        feats, norms = ijb_features(meta, _embedder(model_path, args), folder, model_key(model_path, args.arch),
-                                    args.batch_size, args.device, args.num_workers, args.block)
-        res, scores = evaluate_ijb(meta, feats, norms[:, 1], args.norm_score, args.detector_score,
-                                   workers=args.workers or os.cpu_count() or 1)
-        res["xnorm"] = float(np.mean(norms[:, 0]))
-        res["scores_file"] = str(folder / f"{meta.files.target.lower()}_pair_scores.npy")
-        with atomic_path(res["scores_file"]) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, scores)
+    report = run_ijb(args.model, args.root, args.target, names=args.names, out=args.out, norm_score=args.norm_score,
+                     detector_score=args.detector_score, block=args.block, workers=args.workers, arch=args.arch,
+                     batch_size=args.batch_size, device=args.device, num_workers=args.num_workers)
+    for name, res in report["ijb"].items():
         _print_ijb(name, res)
-        results[name] = res
-    usage = resource_usage(start)
+    usage = report["meta"]
     gpu = f", GPU {usage['peak_gpu_gib']:.2f} GiB" if "peak_gpu_gib" in usage else ""
     print(f"peak memory {usage['peak_rss_gib']:.2f} GiB RSS{gpu}; time {usage['time_s']:.1f} s")
-    paths = write_report(out, ijb=results, meta={"command": "eval ijb", "root": args.root,
-                                                 "target": meta.files.target, "norm_score": args.norm_score,
-                                                 "detector_score": args.detector_score, **usage})
-    print(f"report: {paths['md']}")
+    print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
 

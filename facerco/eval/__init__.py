@@ -1,4 +1,8 @@
-"""facerco.eval: features, verification, MegaFace-style identification and reports.
+"""facerco.eval: features, verification, MegaFace-style identification, IJB-B/C and reports.
+
+The entry points, one per evaluation (what ``facerco eval verify|megaface|ijb`` call; each writes the report files
+and returns report.json's content): :func:`run_verification`, :func:`run_megaface`, :func:`run_ijb`
+(:mod:`facerco.eval.run`).
 
 - :mod:`facerco.eval.features`: the one flip-fused, L2-normalized extractor (models, checkpoints, ONNX; folders,
   ``.rec``, lists, ``.bin``), ``.npy`` + index files and MegaFace devkit feature files.
@@ -13,5 +17,9 @@
   FaceScrub labels from paths, or images through the feature cache), checked.
 
 Submodules are imported explicitly (``from facerco.eval.verification import ...``) so that importing the numeric
-protocol does not import torch.
+protocol does not import torch; the entry points import what they need when called.
 """
+
+from facerco.eval.run import run_ijb, run_megaface, run_verification
+
+__all__ = ["run_ijb", "run_megaface", "run_verification"]
