@@ -8,7 +8,7 @@ held in memory, so the data path costs the same everywhere:
 * ``scratch``: ArcFace only (no teacher);
 * ``online_<teacher>``: ArcFace + embedding mimic, the anchor run on every batch (:class:`OnlineAnchors`), for each
   ``--teachers`` (default iresnet50 and iresnet100; random weights: speed does not depend on their values);
-* ``cached``: ArcFace + mimic, targets read from an anchor-feature cache (:func:`facerco.route.cache.build_cache`
+* ``cached``: ArcFace + mimic, targets read from an anchor-feature cache (:func:`facerco.route.cache_writer.build_cache`
   of the first teacher over the same images, plain + flipped, fp16, memory-mapped) by ``[index, flip]``.
 
 Samples/s = images per wall-clock second over windows of ``train.log_every`` steps (data loading included), median
@@ -191,7 +191,8 @@ def make_teacher(name: str, size: int, dataset: Dataset) -> torch.nn.Module:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from facerco.distill.anchors import CachedAnchors, OnlineAnchors
-    from facerco.route.cache import AnchorCache, build_cache
+    from facerco.route.cache_reader import AnchorCache
+    from facerco.route.cache_writer import build_cache
     from facerco.utils.device import resolve_device
 
     device = str(resolve_device(args.device))

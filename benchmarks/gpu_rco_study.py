@@ -533,7 +533,7 @@ def logged_rate(run: Path) -> float:
 
 def build_anchor_cache(layout: Layout, train: DeviceFaces, device: torch.device, precision: Any) -> float:
     """Every route point's embeddings (plain and flipped) of every training image, under AMP; returns seconds."""
-    from facerco.route.cache import build_cache
+    from facerco.route.cache_writer import build_cache
     from facerco.route.io import load_route
 
     route = load_route(layout.teacher)

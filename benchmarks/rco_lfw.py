@@ -12,7 +12,7 @@ The pre-registered protocol (issue 11; ``benchmarks/README.md``, "RCO study prot
   ``--teacher-config`` (``configs/teacher/lfw_cpu_study.yaml``: iresnet_small at 32 px, 3.06M parameters, 16 epochs,
   lr ×0.1 after epochs 8 and 12, a route point per epoch). A teacher that validated on the test pairs is refused.
 * **Anchor cache**: every route point's embedding of every training image (plain + flipped), built once with
-  :func:`facerco.route.cache.build_cache` (lockstep reads every point); ``--online`` runs the teacher instead.
+  :func:`facerco.route.cache_writer.build_cache` (lockstep reads every point); ``--online`` runs the teacher instead.
 * **Students**: ``configs/student/_lfw_study_base.yaml`` (mobilefacenet width 0.25, 64-d, 77k parameters, ~40×
   smaller; the teacher's schedule: 16 epochs, lr drops after 8 and 12; mimic l2 ×10 + ArcFace) through
   :func:`facerco.distill.compare.builtin_variants` and :func:`~facerco.distill.compare.run_compare` (the library's loop;
@@ -266,7 +266,7 @@ def ensure_teacher(run: Path, config: Path, data: Path, overrides: Sequence[str]
 def ensure_cache(teacher_run: Path, dataset: Dataset, out: Path, image_size: int) -> Path:
     """Anchor-feature cache of every route point over the training set (resumes; refuses a foreign dataset)."""
     from facerco.route.anchors import route_points
-    from facerco.route.cache import build_cache
+    from facerco.route.cache_writer import build_cache
     from facerco.route.io import load_route
 
     route = load_route(teacher_run)

@@ -190,7 +190,8 @@ def cache_final_anchor(dataset: Path, teacher: Path, out: Path) -> Path:
     from facerco.config import load_config
     from facerco.data.datasets import open_dataset
     from facerco.data.transforms import EvalTransform
-    from facerco.route.cache import build_cache, route_anchors
+    from facerco.route.cache_anchors import route_anchors
+    from facerco.route.cache_writer import build_cache
     from facerco.route.io import load_route
 
     done = _stage("anchor cache: the final teacher's embeddings of the training set")

@@ -13,7 +13,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from facerco.data.transforms import EvalTransform, TrainTransform
-from facerco.route.cache import AnchorCache, build_cache, dataset_fingerprint
+from facerco.route.cache_fingerprint import dataset_fingerprint
+from facerco.route.cache_reader import AnchorCache
+from facerco.route.cache_writer import build_cache
 from facerco.utils.io import read_json, write_json
 
 

@@ -10,7 +10,7 @@ from test_distill_support import IMAGE, base_cfg, student_cfg, train_teacher, wr
 
 from facerco.cli import main
 from facerco.config import dump_config
-from facerco.route.cache import AnchorCache
+from facerco.route.cache_reader import AnchorCache
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_cache_anchor_resolution_and_input_size(route, tmp_path, capsys):
     """What `facerco cache` embeds without --config: named points ('final' included), else every point."""
     import torch
 
-    from facerco.route.cache import resolve_anchors, route_anchors, teacher_input_size
+    from facerco.route.cache_anchors import resolve_anchors, route_anchors, teacher_input_size
     from facerco.route.io import load_route
 
     root, faces, run = route

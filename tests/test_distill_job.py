@@ -15,7 +15,7 @@ from facerco.distill.builders import open_train_dataset
 from facerco.distill.job import run_distill
 from facerco.distill.planning import prepare_plan
 from facerco.distill.plots import read_congruence
-from facerco.route.cache import build_cache
+from facerco.route.cache_writer import build_cache
 from facerco.route.io import load_route
 
 

@@ -81,7 +81,7 @@ def test_online_gss_resumes_exactly_and_logs_decisions(teacher, tmp_path):
 
 def test_ensemble_from_the_cache_reads_every_member(teacher, tmp_path):
     from facerco.distill.builders import open_train_dataset
-    from facerco.route.cache import build_cache
+    from facerco.route.cache_writer import build_cache
     from facerco.route.io import load_route
 
     faces, run = teacher

@@ -18,7 +18,7 @@ from facerco.data.transforms import EvalTransform
 from facerco.distill.anchors import CachedAnchors
 from facerco.prep.align import read_image, warp_face
 from facerco.prep.views import crop_landmarks, jitter_landmarks
-from facerco.route.cache import AnchorCache
+from facerco.route.cache_reader import AnchorCache
 from facerco.route.io import load_route
 from facerco.route.published import import_teacher
 from facerco.route.views_cache import build_views_cache, colour_jitter

@@ -3,7 +3,7 @@
 The student then reads targets from the cache (``distill.cache=DIR``) instead of running the teacher. The cache is
 fp16, memory-mapped, sharded, resumable (rerun the same command) and checksummed; its manifest records the teacher
 run (absolute path) and each anchor's route sha256, the images' fingerprint, the input size and the transform, and
-the student refuses a cache that does not match; see :mod:`facerco.route.cache`.
+the student refuses a cache that does not match; see :mod:`facerco.route.cache_format`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def _cache(args: argparse.Namespace) -> int:
 
     from facerco.data.datasets import open_dataset
     from facerco.data.transforms import EvalTransform
-    from facerco.route.cache import build_cache, route_anchors, teacher_input_size
+    from facerco.route.cache_anchors import route_anchors, teacher_input_size
+    from facerco.route.cache_writer import build_cache
     from facerco.route.io import load_route
     from facerco.utils.device import resolve_device
 

@@ -2,7 +2,7 @@
 
 An :class:`AnchorSource` answers two questions for an anchor name: its embeddings of the current batch, and its
 classifier weight (the KD target's logits are ``s * cos(e, W)``, :func:`teacher_logits`). :class:`OnlineAnchors`
-runs the route point (no grad, eval mode); :class:`CachedAnchors` reads :class:`~facerco.route.cache.AnchorCache`
+runs the route point (no grad, eval mode); :class:`CachedAnchors` reads :class:`~facerco.route.cache_reader.AnchorCache`
 rows by the sampler's ``[index, flip]`` keys.
 """
 
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facerco.losses.distill import FeatureHooks
-from facerco.route.cache import AnchorCache
+from facerco.route.cache_reader import AnchorCache
 
 __all__ = ["AnchorSource", "LoadPoint", "OnlineAnchors", "CachedAnchors", "teacher_logits", "route_loader"]
 
@@ -94,7 +94,7 @@ class OnlineAnchors:
 
 
 class CachedAnchors:
-    """Reads anchor embeddings from an :class:`~facerco.route.cache.AnchorCache` by ``keys = [index, flip]``;
+    """Reads anchor embeddings from an :class:`~facerco.route.cache_reader.AnchorCache` by ``keys = [index, flip]``;
     with ``center``, each row minus the anchor's mean row over the cache (plain and flipped), renormalized."""
 
     def __init__(self, cache: AnchorCache, load_classifier: Callable[[str], torch.Tensor | None] | None = None,

@@ -25,7 +25,7 @@ from facerco.distill.planning import make_probe, prepare_plan, route_probe_outpu
 from facerco.distill.plots import congruence_per_stage, plot_congruence
 from facerco.distill.task import StudentTask
 from facerco.route.anchors import AnchorPlan, PointInfo, route_points
-from facerco.route.cache import AnchorCache
+from facerco.route.cache_reader import AnchorCache
 from facerco.route.plan import StagePlan
 from facerco.route.strategies import OnlineGSSCallback, ensemble_members, required_points
 from facerco.utils.callbacks import Callback

@@ -5,7 +5,10 @@
 - ``anchors``: choosing anchors (EEIS, GSS, manual, final, best) and probe divergences
 - ``strategies``: lockstep, phase, early, ensemble, reverse, online GSS; ``RouteFollower``
 - ``plan``: stage plans (which anchor at which step) and ``StagedSchedule``, the one staged lr schedule
-- ``cache``: the anchor-feature cache (every anchor's embedding of every training image)
+- ``cache_format``, ``cache_fingerprint``, ``cache_writer``, ``cache_reader``, ``cache_anchors``: the anchor-feature
+  cache (every anchor's embedding of every training image): its files, what it was built from, ``build_cache``,
+  ``AnchorCache``, and which route points it holds
+- ``views_cache``: augmented views (student crops + the teacher's rows of each), written by ``cache_writer``
 
 ``route`` never imports ``train`` or ``distill``: the student side lives in :mod:`facerco.distill`.
 """

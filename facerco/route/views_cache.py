@@ -4,7 +4,7 @@
 
     OUT/images/<identity>/<stem>_v<k>.jpg   K student crops (112x112, ArcFace template) per aligned image
     OUT/views.json                          per crop: the source photo, its jittered five points, colour gains, seed
-    OUT/cache/                              an anchor cache (facerco.route.cache format) over OUT/images
+    OUT/cache/                              an anchor cache (facerco.route.cache_format) over OUT/images
 
 View 0 is the photo as aligned; views 1..K-1 move the five points by a seeded random similarity
 (:func:`facerco.prep.views.jitter_landmarks`) and scale brightness, contrast and saturation. The teacher's crop is
@@ -33,7 +33,7 @@ import numpy as np
 
 from facerco.prep.align import list_images, read_image, read_report, warp_face, write_image
 from facerco.prep.views import crop_landmarks, jitter_landmarks
-from facerco.utils.io import atomic_path, read_json, sha256_file, write_json
+from facerco.utils.io import read_json, write_json
 
 __all__ = ["ViewSpec", "VIEWS_FORMAT", "plan_views", "write_student_views", "build_views_cache", "colour_jitter"]
 
@@ -196,11 +196,9 @@ def build_views_cache(run: str | os.PathLike[str], aligned: str | os.PathLike[st
     """Student crops + the final teacher's rows for ``views`` views of every aligned image (``files``: only these
     crops, relative to ``aligned``); returns the cache manifest path. Resumable: done crops and complete shards
     are kept."""
-    from tqdm import tqdm
-
     from facerco.data.datasets import open_dataset
     from facerco.data.transforms import EvalTransform
-    from facerco.route.cache import _new_manifest, dataset_fingerprint
+    from facerco.route.cache_writer import CacheWriter
     from facerco.route.io import load_route
 
     out, photos = Path(out), Path(photos)
@@ -223,40 +221,13 @@ def build_views_cache(run: str | os.PathLike[str], aligned: str | os.PathLike[st
     order = {s.file: s for s in specs}
     rel = [Path(p).relative_to(out / "images").as_posix() for p in dataset.paths]
     ordered = [order[r] for r in rel]
-    cache_dir = out / "cache"
-    cache_dir.mkdir(exist_ok=True)
-    manifest_path = cache_dir / "manifest.json"
     meta = {"teacher_run": str(Path(run).resolve()), "dataset": str((out / "images").resolve()),
             "image_size": image_size, "views": {k: plan[k] for k in ("views", "seed", "view_source", "photos")},
             "teacher_view": (route.info.get("teacher") or {}).get("view")}
-    manifest = read_json(manifest_path) if manifest_path.is_file() else _new_manifest(
-        dataset_fingerprint(dataset), shard_size, meta)
-    entry = manifest["anchors"].setdefault(point.name, {"embedding_size": 0, "point_sha256": point.sha256,
-                                                        "shards": [], "complete": False})
-    if entry["point_sha256"] != point.sha256:
-        raise ValueError(f"{manifest_path}: cached from another teacher checkpoint; use a new --out")
-    done = {s["index"] for s in entry["shards"] if (cache_dir / s["file"]).is_file()}
-    n = len(ordered)
-    num_shards = (n + shard_size - 1) // shard_size
-    todo = [k for k in range(num_shards) if k not in done]
-    bar = tqdm(total=sum(min(n, (k + 1) * shard_size) - k * shard_size for k in todo), desc="views (teacher)",
-               unit="view", disable=not progress)
-    (cache_dir / point.name).mkdir(exist_ok=True)
-    for k in todo:
-        start, end = k * shard_size, min(n, (k + 1) * shard_size)
-        parts = []
-        for plain, flip in _rows_in_order(ordered[start:end], str(run), photos, workers, chunk):
-            parts.append(np.stack([plain, flip], axis=1))
-            bar.update(len(plain))
-        rows = np.concatenate(parts).astype(np.float16)
-        rel_file = f"{point.name}/shard_{k:05d}.npy"
-        with atomic_path(cache_dir / rel_file) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, rows)
-        entry["shards"] = sorted([s for s in entry["shards"] if s["index"] != k]
-                                 + [{"index": k, "file": rel_file, "start": start, "end": end,
-                                     "sha256": sha256_file(cache_dir / rel_file)}], key=lambda s: s["index"])
-        entry["embedding_size"] = int(rows.shape[2])
-        entry["complete"] = len(entry["shards"]) == num_shards
-        write_json(manifest_path, manifest)
-    bar.close()
-    return manifest_path
+    writer = CacheWriter(out / "cache", dataset, shard_size, meta)
+
+    def teacher_rows(start: int, end: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return _rows_in_order(ordered[start:end], str(run), photos, workers, chunk)
+
+    writer.write_anchor(point.name, point.sha256, lambda: teacher_rows, progress, desc="views (teacher)")
+    return writer.manifest_path
