@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from test_eval_cache import setup  # noqa: F401 - the images and model of the `eval megaface` cache tests
 
 import facerco.eval
 from facerco.cli import main
@@ -64,23 +65,8 @@ def test_run_verification_gives_the_cli_report(model, tmp_path):
     assert _comparable(lib, tmp_path / "lib") == _comparable(_written(tmp_path / "cli"), tmp_path / "cli")
 
 
-def _faces(root: Path) -> None:
-    """3 identities x 3 probe images and 20 distractor images, 48x48 PNG."""
-    rng = np.random.default_rng(0)
-    for ident in range(3):
-        (root / "probes" / f"id{ident}").mkdir(parents=True)
-        base = rng.integers(0, 255, (6, 6, 3), np.uint8)
-        for j in range(3):
-            img = np.clip(base.astype(int) + rng.integers(-40, 40, (6, 6, 3)), 0, 255).astype(np.uint8)
-            cv2.imwrite(str(root / "probes" / f"id{ident}" / f"{j}.png"), cv2.resize(img, (48, 48)))
-    (root / "dist").mkdir()
-    for i in range(20):
-        noise = rng.integers(0, 255, (6, 6, 3), np.uint8)
-        cv2.imwrite(str(root / "dist" / f"{i:02d}.png"), cv2.resize(noise, (48, 48)))
-
-
-def test_run_megaface_gives_the_cli_report(model, tmp_path, capsys):
-    _faces(tmp_path)
+def test_run_megaface_gives_the_cli_report(setup, capsys):  # noqa: F811 - the fixture imported above
+    tmp_path, model = setup["root"], setup["model"]  # 3 identities x 3 probe images, 20 distractor images
     lib = run_megaface(tmp_path / "probes", tmp_path / "dist", [model], names=["m"], sizes=[10], fars=[0.01],
                        out=tmp_path / "lib", device="cpu", batch_size=8, num_workers=0)
     assert lib == _written(tmp_path / "lib")
