@@ -134,16 +134,16 @@ def student_task_factory(num_classes: int, source: Callable[[Any], Any] | None, 
     """Builds the job's StudentTask (backbone + Partial-FC head + mimic) for a config; ``source`` makes anchors."""
 
     def build(cfg: Any) -> Any:
-        from facerco.distill.builders import default_head
         from facerco.distill.task import StudentTask
+        from facerco.losses.partial_fc import build_head
         from facerco.route.plan import build_stage_plan
         from facerco.train.engine import seed_everything
-        from facerco.train.teacher import build_backbone
+        from facerco.train.job import build_backbone
 
         seed_everything(0)
         backbone = build_backbone(cfg)
         dim = int(backbone.meta.embedding_size)
-        head = default_head(cfg, dim, num_classes)
+        head = build_head(cfg, dim, num_classes)
         steps = 1 << 30  # one stage that never ends: the timing run stops at its own total
         plan = build_stage_plan(["final"], steps, steps)
         anchors = source(cfg) if source is not None else _NoAnchors()

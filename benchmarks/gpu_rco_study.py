@@ -491,9 +491,11 @@ def train_teacher(args: argparse.Namespace, layout: Layout, train: DeviceFaces, 
                   precision: Any) -> dict[str, Any]:
     """The teacher job's pieces (task, margin head, route recorder, engine) on the GPU-resident training set."""
     from facerco.config import dump_config
+    from facerco.losses.partial_fc import build_head
     from facerco.route.record import RouteRecorder
-    from facerco.train.engine import Engine, check_resume_config, seed_everything
-    from facerco.train.teacher import TeacherTask, build_backbone, build_margin_head
+    from facerco.train.engine import Engine, seed_everything
+    from facerco.train.job import build_backbone, check_resume_config
+    from facerco.train.teacher import TeacherTask
     from facerco.utils.io import atomic_write_text
 
     cfg = teacher_config(args, layout)
@@ -504,7 +506,7 @@ def train_teacher(args: argparse.Namespace, layout: Layout, train: DeviceFaces, 
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     backbone = build_backbone(cfg)
     meta = backbone.meta  # type: ignore[union-attr]
-    task = TeacherTask(backbone, build_margin_head(cfg, int(meta.embedding_size), train.num_classes))
+    task = TeacherTask(backbone, build_head(cfg, int(meta.embedding_size), train.num_classes))
     recorder = RouteRecorder(run, cfg.route, classifier_fn=task.full_classifier, metadata={"job": "teacher"},
                              info={"arch": meta.name, "arch_kwargs": dict(meta.arch_kwargs),
                                    "embedding_size": int(meta.embedding_size), "num_classes": train.num_classes,

@@ -30,12 +30,14 @@ from distill_throughput import FaceArray, make_config, timed_fit  # noqa: E402
 
 def teacher_task_factory(num_classes: int) -> Any:
     def build(cfg: Any) -> Any:
+        from facerco.losses.partial_fc import build_head
         from facerco.train.engine import seed_everything
-        from facerco.train.teacher import TeacherTask, build_backbone, build_margin_head
+        from facerco.train.job import build_backbone
+        from facerco.train.teacher import TeacherTask
 
         seed_everything(0)
         backbone = build_backbone(cfg)
-        return TeacherTask(backbone, build_margin_head(cfg, int(backbone.meta.embedding_size), num_classes))
+        return TeacherTask(backbone, build_head(cfg, int(backbone.meta.embedding_size), num_classes))
 
     return build
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from test_distill_support import student_cfg, train_teacher, write_faces
 
 from facerco.config import dump_config
-from facerco.distill.builders import open_train_dataset
 from facerco.distill.compare import VARIANTS, builtin_variants, file_variants, format_table, run_compare
+from facerco.train.job import build_train_dataset
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
 
 def _nn_validator(cfg):
     """Leave-one-out nearest-neighbour identity accuracy on 24 training images: a cheap, real metric."""
-    ds = open_train_dataset(cfg)
+    ds = build_train_dataset(cfg)
     idx = list(range(0, len(ds), 2))
     images = torch.stack([ds[i][0] for i in idx])
     labels = torch.tensor([ds[i][1] for i in idx])

@@ -1,15 +1,24 @@
-"""`facerco train student` and `facerco distill` run the same job (the old facerco.train.student/compare re-export
+"""`facerco train student` and `facerco distill` are one command (the old facerco.train.student/compare re-export
 shims are gone: they made train <-> distill a package cycle)."""
 
 from __future__ import annotations
 
-import importlib
+import argparse
 
 
-def test_cli_and_engine_entry_points_reach_the_new_job():
-    """`facerco train student` names the job by string; it must load the same function as `facerco distill`."""
-    from facerco.commands.train import JOBS
-    from facerco.distill.job import run_distill
+def _parse(argv: list[str]) -> argparse.Namespace:
+    from facerco.cli import build_parser
 
-    module, func = JOBS["student"][0].split(":")
-    assert getattr(importlib.import_module(module), func) is run_distill
+    return build_parser().parse_args(argv)
+
+
+def test_train_student_is_an_alias_of_distill():
+    """Same handler, same parsed arguments (config, overrides, threads), same description in the help."""
+    from facerco.commands.distill import DISTILL_DESCRIPTION
+
+    student = _parse(["train", "student", "s.yaml", "train.epochs=1", "--threads", "2"])
+    distill = _parse(["distill", "s.yaml", "train.epochs=1", "--threads", "2"])
+    assert student.func is distill.func
+    assert {k: v for k, v in vars(student).items() if k not in ("command", "job")} == \
+        {k: v for k, v in vars(distill).items() if k not in ("command", "job")}
+    assert "facerco train student" in DISTILL_DESCRIPTION

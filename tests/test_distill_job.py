@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file
 from test_distill_support import student_cfg, train_teacher, write_faces
 
-from facerco.distill.builders import open_train_dataset
 from facerco.distill.job import run_distill
 from facerco.distill.planning import prepare_plan
 from facerco.distill.plots import read_congruence
 from facerco.route.cache_writer import build_cache
 from facerco.route.io import load_route
+from facerco.train.job import build_train_dataset
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_printed_plan_is_the_plan_used(teacher, tmp_path, capsys, distill):
     assert summary["anchors"] == printed_anchors and summary["congruence_per_stage"]
     # GSS is deterministic given the seed
     if distill["strategy"] == "gss":
-        again = prepare_plan(cfg, load_route(run), open_train_dataset(cfg))[1]
+        again = prepare_plan(cfg, load_route(run), build_train_dataset(cfg))[1]
         assert again.to_dict() == result.anchor_plan.to_dict()
         assert result.anchor_plan.steps and result.anchor_plan.anchors[-1] == "epoch_004"
 
@@ -117,7 +117,7 @@ def test_student_from_cache_equals_online(teacher, tmp_path):
     cfg = make(tmp_path / "cached")
     names = online.stage_plan.anchors
     build_cache(tmp_path / "cache", {n: (lambda n=n: route.load_point(n).model, route.point(n).sha256)
-                                     for n in names}, open_train_dataset(cfg), shard_size=20, progress=False)
+                                     for n in names}, build_train_dataset(cfg), shard_size=20, progress=False)
     cfg.distill.cache = str(tmp_path / "cache")
     cached = run_distill(cfg)
     a, b = _weights(online.student_path), _weights(cached.student_path)

@@ -243,7 +243,7 @@ def test_ddp_two_gloo_ranks_match_one_rank(tmp_path):
 
 def test_resume_config_must_match_run_config(tmp_path):
     from facerco.config import dump_config
-    from facerco.train.engine import check_resume_config
+    from facerco.train.job import check_resume_config
 
     cfg = _cfg(tmp_path)
     (tmp_path / "config.yaml").write_text(dump_config(cfg))

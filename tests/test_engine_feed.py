@@ -185,7 +185,7 @@ def test_run_folder_from_before_a_new_config_key_still_resumes(tmp_path):
     import yaml
 
     from facerco.config import dump_config
-    from facerco.train.engine import check_resume_config
+    from facerco.train.job import check_resume_config
 
     old = yaml.safe_load(dump_config(_cfg(tmp_path)))
     del old["train"]["channels_last"]  # written before the key existed

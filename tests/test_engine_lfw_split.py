@@ -172,7 +172,7 @@ def _make_version1(prep: Path) -> None:
 
 
 def test_old_prepared_folder_says_rerun_and_rerun_upgrades_it(tmp_path):
-    from facerco.train.validation import build_validator
+    from facerco.train.validation import sets_validator
 
     root = _fake_lfw(tmp_path / "lfw")
     prep = tmp_path / "prep"
@@ -182,7 +182,7 @@ def test_old_prepared_folder_says_rerun_and_rerun_upgrades_it(tmp_path):
     with pytest.raises(ValueError, match=r"prepared before the validation split.*re-run: python -m facerco"):
         read_split(prep)
     with pytest.raises(FileNotFoundError, match=r"pairs_val.txt: data.val_pairs not found \(.*re-run"):
-        build_validator([], str(prep / "pairs_val.txt"), str(prep / "val"), 8, "cpu")
+        sets_validator([], str(prep / "pairs_val.txt"), str(prep / "val"), 8, "cpu")
     mtime = (prep / "eval" / split.val[0] / f"{split.val[0]}_0001.jpg").stat().st_mtime_ns
     assert prepare_lfw(root, prep, seed=0, size=32, **SMALL) == split
     assert (prep / "val" / split.val[0] / f"{split.val[0]}_0001.jpg").stat().st_mtime_ns == mtime  # moved, kept

@@ -198,11 +198,12 @@ def test_build_head_from_config():
 
 
 def test_one_margin_head_builder_for_teacher_and_student():
-    """``train.teacher.build_margin_head`` (the teacher's and the student's head) is ``build_head``: same centres."""
+    """The teacher job and the student job both build their head with ``build_head``: same centres."""
     from facerco.config import Config
-    from facerco.train.teacher import build_margin_head
+    from facerco.distill import job as student_job
+    from facerco.train import teacher as teacher_job
 
-    assert build_margin_head is build_head
+    assert teacher_job.build_head is build_head and student_job.build_head is build_head
     cfg = Config()
     cfg.train.seed = 3
     expect = PartialFC.from_config(cfg.loss, 16, 20, seed=3)

@@ -496,7 +496,7 @@ def test_model_info_accepts_and_lists_aliases(capsys):
 
 def test_config_model_name_alias(tmp_path):
     from facerco.config import load_config
-    from facerco.train.teacher import build_backbone
+    from facerco.train.job import build_backbone
 
     (tmp_path / "t.yaml").write_text("kind: teacher\nmodel:\n  name: r50\n")
     cfg = load_config(tmp_path / "t.yaml")

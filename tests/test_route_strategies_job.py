@@ -80,22 +80,22 @@ def test_online_gss_resumes_exactly_and_logs_decisions(teacher, tmp_path):
 
 
 def test_ensemble_from_the_cache_reads_every_member(teacher, tmp_path):
-    from facerco.distill.builders import open_train_dataset
     from facerco.route.cache_writer import build_cache
     from facerco.route.io import load_route
+    from facerco.train.job import build_train_dataset
 
     faces, run = teacher
     route = load_route(run)
     cfg = student_cfg(faces, run, tmp_path / "s", strategy="ensemble")
     names = ["epoch_002", "epoch_004"]
     build_cache(tmp_path / "cache", {n: (lambda n=n: route.load_point(n).model, route.point(n).sha256)
-                                     for n in names[:1]}, open_train_dataset(cfg), shard_size=20, progress=False)
+                                     for n in names[:1]}, build_train_dataset(cfg), shard_size=20, progress=False)
     cfg.distill.cache = str(tmp_path / "cache")
     with pytest.raises((KeyError, ValueError), match="epoch_004"):
         run_distill(cfg)
     shutil.rmtree(tmp_path / "cache")
     build_cache(tmp_path / "cache", {n: (lambda n=n: route.load_point(n).model, route.point(n).sha256)
-                                     for n in names}, open_train_dataset(cfg), shard_size=20, progress=False)
+                                     for n in names}, build_train_dataset(cfg), shard_size=20, progress=False)
     assert run_distill(cfg).last_parts["mimic"] > 0
 
 
@@ -109,5 +109,5 @@ def test_train_student_cli_runs_the_student_job(teacher, tmp_path, capsys):
     path = tmp_path / "student.yaml"
     path.write_text(dump_config(cfg))
     assert main(["train", "student", str(path)]) == 0
-    assert "done: step 6/6" in capsys.readouterr().out
+    assert f"student: {tmp_path / 'cli' / 'student.safetensors'}  steps 6 " in capsys.readouterr().out  # = distill's
     assert json.loads((tmp_path / "cli" / "summary.json").read_text())["anchors"] == ["epoch_002", "epoch_004"]

@@ -1,6 +1,8 @@
-"""`facerco distill CONFIG [overrides]`: train an RCO student (or a baseline) from a teacher route.
+"""`facerco distill CONFIG [overrides]` (alias `facerco train student`): train an RCO student from a teacher route.
 
-Thin CLI over :func:`facerco.distill.job.run_distill`; heavy imports happen inside the handler.
+Thin CLI over :func:`facerco.distill.job.run_distill`; heavy imports happen inside the handler. `facerco train
+student` is registered by facerco/commands/train.py through :func:`add_distill_args`, so both spellings parse the same
+arguments and call the same handler.
 """
 
 from __future__ import annotations
@@ -9,26 +11,37 @@ import argparse
 
 from facerco.commands._common import add_config_args, add_threads_arg, job_overrides
 
+__all__ = ["DISTILL_DESCRIPTION", "add_distill_args", "register", "register_route_plan"]
+
+DISTILL_DESCRIPTION = (
+    "Train a student that follows anchors chosen from a teacher's route (distill section of the config: strategy "
+    "eeis/gss/manual/final/best, one- or multi-stage schedule, mimic/KD/hint weights, optional anchor-feature "
+    "cache). Validates on data.val_bins / data.val_pairs as the teacher job does. Resumes from last.pt in "
+    "train.output under the same config (a changed config is refused). `facerco distill` and `facerco train "
+    "student` are the same command."
+)
+
 
 def _distill(args: argparse.Namespace) -> int:
-    from facerco.distill.builders import build_validator, load_student_config
+    """`facerco distill` and `facerco train student`: the student job with the config's validator."""
+    from facerco.distill.builders import load_student_config
     from facerco.distill.job import run_distill
-    from facerco.utils.device import resolve_device
 
     cfg = load_student_config(args.config, job_overrides(args))
-
-    result = run_distill(cfg, validator=build_validator(cfg, str(resolve_device(cfg.train.device))))
+    result = run_distill(cfg)
     val = "  ".join(f"{k} {v:.4f}" for k, v in result.val.items())
     print(f"student: {result.student_path}  steps {result.step}  {result.seconds:.1f}s  {val}".rstrip())
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "distill", help="train a student by RCO from a teacher route",
-        description="Train a student that follows anchors chosen from a teacher's route (distill section of the "
-                    "config: strategy eeis/gss/manual/final/best, one- or multi-stage schedule, mimic/KD/hint "
-                    "weights, optional anchor-feature cache). Resumes from last.pt in train.output.")
+    parser = subparsers.add_parser("distill", help="train a student by RCO from a teacher route "
+                                   "(also `facerco train student`)", description=DISTILL_DESCRIPTION)
+    add_distill_args(parser)
+
+
+def add_distill_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments and handler of the student job, for `facerco distill` and its alias `facerco train student`."""
     add_config_args(parser)
     add_threads_arg(parser)
     parser.set_defaults(func=_distill)
@@ -58,15 +71,15 @@ def _plan_overrides(args: argparse.Namespace) -> list[str]:
 def _route_plan(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from facerco.distill.builders import open_train_dataset
     from facerco.distill.planning import prepare_plan, route_plan_config, write_plan
     from facerco.route.anchors import format_plan
     from facerco.route.io import load_route
     from facerco.route.plan import format_stages
+    from facerco.train.job import build_train_dataset
 
     route = load_route(Path(args.run))
     cfg = route_plan_config(args.run, args.config, [*args.overrides, *_plan_overrides(args)], args.dataset)
-    dataset = open_train_dataset(cfg)
+    dataset = build_train_dataset(cfg)
     # without a student config the GSS walk starts at the first route point (no student to measure)
     spe, anchor_plan, stage_plan = prepare_plan(cfg, route, dataset, student_start=bool(args.config))
     if not args.config and anchor_plan.strategy == "gss":

@@ -1,57 +1,46 @@
-"""`facerco train JOB CONFIG [overrides]`: run a training job through the shared engine.
+"""`facerco train JOB CONFIG [overrides]`: run a training job through the shared job setup and engine.
 
-Jobs are looked up in ``JOBS`` (name -> "module:function" taking a Config); ``student`` is the student job
-(:func:`facerco.distill.job.run_distill`, the same as `facerco distill`). Launch with
+``teacher`` trains a margin-softmax teacher and records its route (:func:`facerco.train.teacher.train_teacher`);
+``student`` is an alias of `facerco distill`: the parser and the handler are those of :mod:`facerco.commands.distill`,
+so the two spellings parse the same arguments (the validator included) and write the same run folder. Launch with
 ``torchrun --nproc_per_node N -m facerco train teacher CONFIG`` for DDP.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 
 from facerco.commands._common import add_config_args, add_threads_arg, job_overrides
-from facerco.config import load_config
+from facerco.commands.distill import DISTILL_DESCRIPTION, add_distill_args
 
-__all__ = ["JOBS", "register"]
+__all__ = ["register"]
 
-JOBS: dict[str, tuple[str, str]] = {
-    "teacher": ("facerco.train.teacher:train_teacher", "train a margin-softmax teacher and record its route"),
-    "student": ("facerco.distill.job:run_distill", "distill a student along a teacher route (RCO)"),
-}
+TEACHER_HELP = "train a margin-softmax teacher and record its route"
 
 
-def _available(target: str) -> bool:
-    module = target.split(":", 1)[0]
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
+def _teacher(args: argparse.Namespace) -> int:
+    """`facerco train teacher`: the teacher job, then its final step and validation metrics."""
+    from facerco.config import load_config
+    from facerco.train.teacher import train_teacher
 
-
-def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, job_overrides(args))
-    module_name, func_name = JOBS[args.job][0].split(":", 1)
-    func = getattr(importlib.import_module(module_name), func_name)
-    result = func(cfg)
-    step = getattr(result, "step", None)
-    if step is not None:
-        plan = getattr(result, "stage_plan", None)
-        total = getattr(result, "total_steps", None) or getattr(plan, "total_steps", step)
-        print(f"done: step {step}/{total} in {result.seconds:.1f} s; run dir {cfg.train.output}")
-        for key, value in sorted(getattr(result, "val", {}).items()):
-            print(f"  {key}: {value:.4f}")
+    result = train_teacher(cfg)
+    print(f"done: step {result.step}/{result.total_steps} in {result.seconds:.1f} s; run dir {cfg.train.output}")
+    for key, value in sorted(result.val.items()):
+        print(f"  {key}: {value:.4f}")
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("train", help="train a teacher (or student) from a YAML config")
+    parser = subparsers.add_parser("train", help="train a teacher, or a student (= `facerco distill`), from a YAML "
+                                                 "config")
     sub = parser.add_subparsers(dest="job", metavar="JOB", required=True)
-    for name, (target, help_text) in JOBS.items():
-        if not _available(target):
-            continue
-        job = sub.add_parser(name, help=help_text, description=f"{help_text}. Resumes from <train.output>/last.pt.")
-        add_config_args(job)
-        add_threads_arg(job)
-        job.set_defaults(func=_run)
+    teacher = sub.add_parser("teacher", help=TEACHER_HELP,
+                             description=f"{TEACHER_HELP}. Resumes from <train.output>/last.pt under the same config "
+                                         "(a changed config is refused).")
+    add_config_args(teacher)
+    add_threads_arg(teacher)
+    teacher.set_defaults(func=_teacher)
+    student = sub.add_parser("student", help="alias of `facerco distill`: distill a student along a teacher route",
+                             description=DISTILL_DESCRIPTION)
+    add_distill_args(student)

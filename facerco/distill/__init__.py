@@ -4,9 +4,10 @@
 - ``task``: the student task (arcface + mimic + KD + hint, congruence logging, the anchor at each step)
 - ``gate``: the gate callback (skip an anchor whose val metric is below the student's)
 - ``planning``: GSS probes and the anchor/stage plan of a config (`route plan`, `cache --config`, `distill`)
-- ``builders``: the student backbone, training set, margin head, validator and teacher facts a job needs
+- ``builders``: the student config and backbone, and the teacher facts a task needs (the rest: ``facerco.train.job``)
 - ``plots``: congruence read from ``log.jsonl``, summarised per stage, plotted
-- ``job``: ``run_distill``, the `facerco distill` job (setup steps, engine, files a run leaves)
+- ``job``: ``run_distill``, the `facerco distill` (= `facerco train student`) job (setup steps, engine, files a run
+  leaves)
 - ``compare``: baselines and RCO variants under one budget (`facerco compare`)
 
 The package imports ``facerco.route`` and ``facerco.train``; neither imports it (the old ``facerco.train.student`` and

@@ -190,11 +190,11 @@ def run_compare(variants: Sequence[Variant], seeds: Sequence[int], out_dir: str 
 
     With ``train=False`` nothing is trained: the table covers the runs already finished under ``out_dir``.
     """
-    from facerco.distill.builders import build_validator, open_train_dataset
     from facerco.distill.job import run_distill
     from facerco.distill.planning import probe_images
     from facerco.route.anchors import route_points
     from facerco.route.io import load_route
+    from facerco.train.job import build_train_dataset, build_validator
     from facerco.utils.io import read_json, write_json
 
     if not variants:
@@ -213,7 +213,7 @@ def run_compare(variants: Sequence[Variant], seeds: Sequence[int], out_dir: str 
             raise ValueError(f"compare: variant {v.name!r} differs from {variants[0].name!r} in teacher run, "
                              "student model, data or train.epochs; the comparison needs the same budget")
         check_validation_not_test(v.name, v.cfg)
-    probe = probe_images(open_train_dataset(base), base.distill.gss_probe_images, base.distill.gss_seed)
+    probe = probe_images(build_train_dataset(base), base.distill.gss_probe_images, base.distill.gss_seed)
     records: list[RunRecord] = []
     for v in variants:
         for seed in seeds:

@@ -1,9 +1,11 @@
-"""The student job, `facerco distill CONFIG`: set up the pieces, run the shared engine, write what a run leaves.
+"""The student job, `facerco distill CONFIG` (= `facerco train student CONFIG`): set up, train, write the run.
 
-:func:`run_distill` reads in order: the route, the student and its head, the plan (:mod:`facerco.distill.planning`),
-the anchor source (online or cached, :mod:`facerco.distill.anchors`), the task (:mod:`facerco.distill.task`), the
-callbacks (gate, online GSS), then trains with :class:`facerco.train.engine.Engine` and writes ``student.safetensors``,
-``summary.json`` and ``congruence.png``. The order of the setup steps is the order the RNG is drawn in (student
+:func:`run_distill` starts as the teacher job does (:mod:`facerco.train.job`: process group and threads, the resume
+check against config.yaml, written by the first start only, the validator, the training set), then reads in order:
+the route, the student and its head, the plan (:mod:`facerco.distill.planning`), the anchor source (online or
+cached, :mod:`facerco.distill.anchors`), the task (:mod:`facerco.distill.task`), the callbacks (gate, online GSS),
+then trains with :class:`facerco.train.engine.Engine` and writes ``student.safetensors``, ``summary.json`` and
+``congruence.png``. The order of the setup steps is the order the RNG is drawn in (student
 weights, head, projector), so it is part of a run's reproducibility.
 """
 
@@ -19,17 +21,19 @@ from torch import nn
 
 from facerco.config import Config
 from facerco.distill.anchors import CachedAnchors, LoadPoint, OnlineAnchors, route_loader
-from facerco.distill.builders import build_student, default_head, hint_channels, open_train_dataset, teacher_dim
+from facerco.distill.builders import build_student, hint_channels, teacher_dim
 from facerco.distill.gate import GateCallback
 from facerco.distill.planning import make_probe, prepare_plan, route_probe_outputs, student_probe_fn, write_plan
 from facerco.distill.plots import congruence_per_stage, plot_congruence
 from facerco.distill.task import StudentTask
+from facerco.losses.partial_fc import build_head
 from facerco.route.anchors import AnchorPlan, PointInfo, route_points
 from facerco.route.cache_reader import AnchorCache
 from facerco.route.plan import StagePlan
 from facerco.route.strategies import OnlineGSSCallback, ensemble_members, required_points
+from facerco.train.job import JobContext, build_train_dataset, build_validator, prepare_run_dir, start_job
 from facerco.utils.callbacks import Callback
-from facerco.utils.threads import ThreadChoice, job_threads
+from facerco.utils.threads import ThreadChoice
 
 __all__ = ["DistillResult", "run_distill"]
 
@@ -89,7 +93,7 @@ def _setup(cfg: Config, route: Any, dist_info: Any, dataset: Any, head: nn.Modul
     d = cfg.distill
     points = route_points(route)
     device = dist_info.device
-    dataset = dataset if dataset is not None else open_train_dataset(cfg)
+    dataset = dataset if dataset is not None else build_train_dataset(cfg)
     if d.arcface_weight > 0 or d.kd_weight > 0:  # a margin head over identities; KD reads its logits
         require_labels(dataset, f"distill.arcface_weight={d.arcface_weight:g} and distill.kd_weight={d.kd_weight:g} "
                                 "need identities: set distill.arcface_weight=0 and distill.kd_weight=0 to only mimic "
@@ -102,7 +106,7 @@ def _setup(cfg: Config, route: Any, dist_info: Any, dataset: Any, head: nn.Modul
         initial = copy.deepcopy(backbone)
     num_classes = int(getattr(dataset, "num_classes", 0) or 0)
     if head is None and (d.arcface_weight > 0 or d.kd_weight > 0):
-        head = (head_factory or default_head)(cfg, int(backbone.meta.embedding_size), num_classes)
+        head = (head_factory or build_head)(cfg, int(backbone.meta.embedding_size), num_classes)
     spe, anchor_plan, stage_plan = prepare_plan(cfg, route, dataset, dist_info.world_size, initial, device)
     return _Setup(route, points, dataset, backbone, head, spe, anchor_plan, stage_plan, route_loader(route, device),
                   device)
@@ -177,14 +181,11 @@ def _callbacks(cfg: Config, task: StudentTask, s: _Setup, validator: Validator |
 
 
 def _write_start(cfg: Config, s: _Setup, run_dir: Path, online: bool) -> None:
-    """config.yaml and plan.json (online GSS keeps the plan.json of a run it resumes), and the printed plan."""
-    from facerco.config import dump_config
+    """plan.json (online GSS keeps the plan.json of a run it resumes) and the printed plan; config.yaml is written
+    by :func:`facerco.train.job.prepare_run_dir`."""
     from facerco.route.anchors import format_plan
     from facerco.route.plan import format_stages
-    from facerco.utils.io import atomic_write_text
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     if not online or not (run_dir / "plan.json").is_file():
         write_plan(run_dir / "plan.json", s.anchor_plan, s.stage_plan, [] if online else None)
     print(format_plan(s.anchor_plan), flush=True)
@@ -219,30 +220,31 @@ def run_distill(cfg: Config, *, dataset: Any = None, head: nn.Module | None = No
 
     ``dataset``/``head`` replace the config's training set and margin head; ``head_factory(cfg, embedding_size,
     num_classes)`` builds the head instead of the teacher job's; ``validator`` is the engine's periodic validation
-    (the gate needs it). A run folder with ``last.pt`` resumes. Torch runs with ``train.threads`` threads (0: the
-    cores not busy at start), printed and recorded in summary.json; the caller's count is restored afterwards.
+    (the gate needs it; default: the config's ``data.val_bins`` / ``data.val_pairs``, as in the teacher job). A run
+    folder with ``last.pt`` resumes under the config it was started with (else refused, naming config.yaml). Torch
+    runs with ``train.threads`` threads (0: the cores not busy at start), printed and recorded in summary.json; the
+    caller's count is restored afterwards. Collective under torchrun; the process group is left on any exit.
     """
-    from facerco.train import distributed as fdist
-    from facerco.utils.device import resolve_device
-
     route = _open_route(cfg)  # before the process group starts: a wrong teacher_run fails at once
-    dist_info = fdist.init_distributed(resolve_device(cfg.train.device))
-    with job_threads(cfg.train.threads, "distill", announce=dist_info.is_main) as threads:
-        return _run(cfg, route, dist_info, dataset, head, head_factory, validator, threads)
+    with start_job(cfg, "distill") as job:
+        return _run(cfg, route, job, dataset, head, head_factory, validator)
 
 
-def _run(cfg: Config, route: Any, dist_info: Any, dataset: Any, head: nn.Module | None,
-         head_factory: HeadFactory | None, validator: Validator | None, threads: ThreadChoice) -> DistillResult:
+def _run(cfg: Config, route: Any, job: JobContext, dataset: Any, head: nn.Module | None,
+         head_factory: HeadFactory | None, validator: Validator | None) -> DistillResult:
     """The body of :func:`run_distill` once the route is open and the process group is up."""
     from facerco.route.plan import StagedSchedule
     from facerco.train.engine import Engine
     from facerco.train.schedule import stage_schedule_factory
 
+    dist_info, threads = job.dist, job.threads
+    run_dir = prepare_run_dir(cfg, dist_info)
+    if validator is None:
+        validator = build_validator(cfg, dist_info.device)
     s = _setup(cfg, route, dist_info, dataset, head, head_factory)
     task = _build_task(cfg, s)
     schedule = StagedSchedule(s.stage_plan, stage_schedule_factory(cfg.schedule, s.spe, s.stage_plan.total_steps,
                                                                    cfg.optim.lr))
-    run_dir = Path(cfg.train.output)
     callbacks, gate, online = _callbacks(cfg, task, s, validator, run_dir, dist_info.is_main)
     if dist_info.is_main:
         _write_start(cfg, s, run_dir, online is not None)

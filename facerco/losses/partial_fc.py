@@ -256,7 +256,7 @@ def build_head(cfg: Any, embedding_size: int, num_classes: int) -> PartialFC:
     """The margin head from a whole :class:`facerco.config.Config` or a ``LossConfig``: the one builder.
 
     Class centres are seeded from ``train.seed`` (0 for a bare LossConfig), so every world size draws the same matrix.
-    ``facerco.train.teacher.build_margin_head`` is this function.
+    The teacher job, the student job and the benchmarks all build their head here.
     """
     loss_cfg = getattr(cfg, "loss", cfg)
     train_cfg = getattr(cfg, "train", None)

@@ -44,8 +44,6 @@ __all__ = [
     "Validator",
     "build_optimizer",
     "seed_everything",
-    "check_resume_config",
-    "RESUME_FREE_KEYS",
 ]
 
 Validator = Callable[[nn.Module], dict[str, float]]
@@ -65,60 +63,6 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-
-
-RESUME_FREE_KEYS = frozenset(
-    {
-        "train.max_steps",
-        "train.progress",
-        "train.tensorboard",
-        "train.log_every",
-        "train.resume",
-        "train.device",
-        "train.threads",
-        "data.num_workers",
-        "eval.batch_size",
-    }
-)
-"""Config keys a resumed run may change; any other difference from the run's config.yaml is refused."""
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def check_resume_config(run_dir: str | Path, cfg: Config) -> None:
-    """Refuse to resume ``run_dir/last.pt`` under a config that differs from ``run_dir/config.yaml``.
-
-    Only :data:`RESUME_FREE_KEYS` (progress, logging, workers, max_steps...) may change; anything else would
-    silently change the trajectory a resume is meant to continue. No-op when there is nothing to resume.
-    """
-    import yaml
-
-    from facerco.config import config_to_dict
-
-    run = Path(run_dir)
-    saved_path = run / "config.yaml"
-    if not (run / "last.pt").exists() or not saved_path.is_file() or not cfg.train.resume:
-        return
-    saved = _flatten(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {})
-    now = _flatten(config_to_dict(cfg))
-    # a key added to the schema after the run was written had its default then: absent means the default
-    saved = {**_flatten(config_to_dict(type(cfg)())), **saved}
-    changed = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE_KEYS and saved.get(k) != now.get(k))
-    if changed:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:8])
-        raise ValueError(
-            f"{saved_path}: cannot resume {run / 'last.pt'} with a different config ({detail}); "
-            "restore those values or choose another train.output"
-        )
 
 
 def build_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -1,8 +1,9 @@
 """Periodic verification during training: ``.bin`` sets and LFW-style pairs files, through facerco.eval.
 
-Built once per job by :func:`build_validator`; the engine calls the result on rank 0 with the backbone in eval
-mode. Metric keys are ``<set name>/<metric>`` with the scalar metrics of ``facerco.eval.verification.verify_bin`` /
-``verify_pairs`` (flip-fused embeddings, FORMATS §2), e.g. ``lfw/accuracy``.
+Built once per job by :func:`sets_validator` (from a config: :func:`facerco.train.job.build_validator`); the engine
+calls the result on rank 0 with the backbone in eval mode. Metric keys are ``<set name>/<metric>`` with the scalar
+metrics of ``facerco.eval.verification.verify_bin`` / ``verify_pairs`` (flip-fused embeddings, FORMATS §2), e.g.
+``lfw/accuracy``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-__all__ = ["build_validator", "flatten_metrics", "pairs_validator"]
+__all__ = ["bin_validator", "flatten_metrics", "pairs_validator", "sets_validator"]
 
 
 def flatten_metrics(prefix: str, result: Mapping[str, Any]) -> dict[str, float]:
@@ -63,7 +64,7 @@ def bin_validator(bin_path: str, batch_size: int, device: str) -> Callable[[nn.M
     return run
 
 
-def build_validator(
+def sets_validator(
     val_bins: list[str], val_pairs: str, val_root: str, batch_size: int, device: str
 ) -> Callable[[nn.Module], dict[str, float]] | None:
     """One callable running every configured set, or None when nothing is configured.
