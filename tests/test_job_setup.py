@@ -135,3 +135,30 @@ def test_a_run_folder_written_before_the_job_setup_resumes(teacher, tmp_path, jo
     log = _log(out)
     assert [r["step"] for r in log if r["event"] == "resume"] == [5]
     assert max(r["step"] for r in log if r["event"] == "train") == 24  # 4 epochs x 6 steps
+
+
+def test_the_process_group_is_left_on_any_exit(teacher, tmp_path, monkeypatch):
+    """start_job waits for the ranks and leaves on success, leaves at once on any error; both jobs go through it."""
+    import torch
+
+    from facerco.distill.job import run_distill
+    from facerco.train import distributed as fdist
+    from facerco.train.job import start_job
+
+    faces, route_run = teacher
+    calls: list[str] = []
+    monkeypatch.setattr(fdist, "cleanup", lambda: calls.append("cleanup"))
+    monkeypatch.setattr(fdist, "abort", lambda: calls.append("abort"))
+    threads = torch.get_num_threads()
+    cfg = _job_cfg("teacher", faces, route_run, tmp_path / "t")
+    cfg.train.threads = threads + 1
+    with start_job(cfg, "teacher") as job:
+        assert job.dist.world_size == 1 and torch.get_num_threads() == threads + 1
+    with pytest.raises(KeyboardInterrupt), start_job(cfg, "teacher"):
+        raise KeyboardInterrupt
+    assert calls == ["cleanup", "abort"] and torch.get_num_threads() == threads
+    student = _job_cfg("distill", faces, route_run, tmp_path / "s")
+    student.distill.gate = True  # no validation data: refused during the setup, inside the process group
+    with pytest.raises(ValueError, match="gate"):
+        run_distill(student)
+    assert calls[-1] == "abort"

@@ -5,8 +5,8 @@ check against config.yaml, written by the first start only, the validator, the t
 the route, the student and its head, the plan (:mod:`facerco.distill.planning`), the anchor source (online or
 cached, :mod:`facerco.distill.anchors`), the task (:mod:`facerco.distill.task`), the callbacks (gate, online GSS),
 then trains with :class:`facerco.train.engine.Engine` and writes ``student.safetensors``, ``summary.json`` and
-``congruence.png``. The order of the setup steps is the order the RNG is drawn in (student
-weights, head, projector), so it is part of a run's reproducibility.
+``congruence.png``. The order of the setup steps is the order the RNG is drawn in (student weights, head, projector),
+so it is part of a run's reproducibility.
 """
 
 from __future__ import annotations
