@@ -93,7 +93,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
 
 def _plan(world: types.SimpleNamespace, **overrides: object) -> deploy.ExportPlan:
     base = {"precision": "int8", "exporter": "legacy", "calibrate": str(world.calib), "calibration_count": 64,
-            "check_limit": 8, "repeats": 1, "batch_sizes": (1, 4)}
+            "check_limit": 8, "repeats": 1, "batch_sizes": (1, 4), "min_speedup": 0.0}  # speed: its own tests
     return deploy.ExportPlan(**{**base, **overrides})
 
 
@@ -217,7 +217,7 @@ def test_cli_int8_and_max_drop(world: types.SimpleNamespace, tmp_path: Path, mon
     out = tmp_path / "cli" / "small_int8.onnx"
     common = ["export", "onnx", str(ckpt), "-o", str(out), "--int8", "--calibrate", str(world.calib),
               "--calib-count", "48", "--exporter", "legacy", "--check-limit", "4", "--repeats", "1",
-              "--eval-bin", str(world.bin)]
+              "--eval-bin", str(world.bin), "--min-speedup", "0"]
     assert main(common) == 0
     printed = capsys.readouterr().out
     assert "int8" in printed and "verification on 60 pairs" in printed and "card.json" in printed
@@ -297,7 +297,11 @@ def test_plan_refuses_contradictions() -> None:
         deploy.ExportPlan(max_drop=0.3).validate()
     with pytest.raises(ValueError, match="unknown calibration method 'kl'"):
         deploy.ExportPlan(precision="int8", calibrate="x", calibration_method="kl").validate()
-    assert deploy.ExportPlan().gates() == {"min_cosine": 0.9999, "min_mean_cosine": None, "max_drop_points": None}
+    assert deploy.ExportPlan().gates() == {"min_cosine": 0.9999, "min_mean_cosine": None, "max_drop_points": None,
+                                           "min_speedup": None}
+    assert deploy.ExportPlan(precision="int8", calibrate="x").gates()["min_speedup"] == deploy.INT8_MIN_SPEEDUP
+    with pytest.raises(ValueError, match="--min-speedup is only used with --int8"):
+        deploy.ExportPlan(min_speedup=1.5).validate()
     assert deploy.ExportPlan(precision="int8", calibrate="x").gates()["min_mean_cosine"] == 0.98
 
 

@@ -58,7 +58,7 @@ def _plan(args: argparse.Namespace) -> Any:
         calibration_method=args.calib_method, per_channel=not args.per_tensor, preprocess=not args.no_preprocess,
         check=None if args.no_check else args.check, check_limit=args.check_limit, repeats=args.repeats,
         eval_pairs=args.eval_pairs, eval_root=args.eval_root, eval_bin=args.eval_bin, min_cosine=args.min_cosine,
-        min_mean_cosine=args.min_mean_cosine, max_drop=args.max_drop,
+        min_mean_cosine=args.min_mean_cosine, max_drop=args.max_drop, min_speedup=args.min_speedup,
     )
 
 
@@ -72,6 +72,10 @@ def _print_result(result: Any) -> None:
           f"(batch, 3, {h}, {w}) RGB (x-127.5)/127.5; output embedding: (batch, {card['output']['shape'][1]})")
     if result.parity is not None:
         _print_parity(result.parity, card["gates"]["min_cosine"] or 0.0)
+    speed = (card["quantization"] or {}).get("speedup_vs_float32")
+    if speed:
+        rows = ", ".join(f"batch {bs} {r['speedup']:.2f}x" for bs, r in speed["batches"].items())
+        print(f"int8 speed-up over the float32 file (onnxruntime, {speed['threads']} threads): {rows}")
     v = card["verification"]
     if v is not None:
         print(f"verification on {v['num_pairs']} pairs: PyTorch {100 * v['pytorch']['accuracy']:.2f} %, exported "
@@ -152,6 +156,9 @@ def _add_onnx(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-bin", default=None, help="insightface verification .bin instead of --eval-pairs")
     p.add_argument("--max-drop", type=float, default=None,
                    help="reject when verification accuracy drops more than this many points (needs --eval-*)")
+    p.add_argument("--min-speedup", type=float, default=None,
+                   help="--int8: reject a file slower than this many times its float32 source in onnxruntime on "
+                        "the check images (default 1.0; 0 keeps any)")
     add_debug_arg(p)
     p.set_defaults(func=_export_onnx)
 

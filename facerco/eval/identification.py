@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from facerco.eval._exact import tree_dots as _tree_dots
-from facerco.eval._search import DistractorStore, TopK, resolve_backend, scan_topk
+from facerco.eval._search import DistractorStore, TopK, resolve_backend, scan_error_bound, scan_topk
 from facerco.eval.checks import check_rows, normalize_rows
 
 __all__ = [
@@ -47,8 +47,6 @@ __all__ = [
     "evaluate_identification",
 ]
 
-_U32 = 2.0**-24
-_U64 = 2.0**-53
 
 
 def exact_sims(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndarray:
@@ -66,13 +64,6 @@ def exact_sims(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndarray:
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"exact_sims needs two (n, D) arrays of one shape, got {a.shape} and {b.shape}")
     return _tree_dots(a, None, b, None, chunk)
-
-
-def _gamma(dim: int) -> float:
-    """Bound on |float32 dot - float64 dot| per unit of |a|·|b|: γ_D(u32) + γ_D(u64), valid for any order/FMA."""
-    g32 = dim * _U32 / (1 - dim * _U32)
-    g64 = dim * _U64 / (1 - dim * _U64)
-    return (g32 + g64) * 1.0001
 
 
 def far_count(far: float, num_impostors: int) -> int:
@@ -448,12 +439,11 @@ def _evaluate_chain(ctx: _Context, chain: list[int], subsets: Mapping[int, np.nd
         segs.append(seg[~ctx.noise_d[seg]])
         prev = subsets[s]
     chain_k = int(max(1, min(k, len(subsets[chain[-1]]))))
-    ctx.store.max_sq_norm = 0.0
+    ctx.store.reset_stats()
     t0 = time.perf_counter()
     tops = scan_topk(ctx.probes, ctx.store, segs, chain_k, **dict(ctx.scan_kw, progress=bar))
     ctx.timings["scan_s"] += time.perf_counter() - t0
-    d_norm = math.sqrt(ctx.store.max_sq_norm * (1 + 1e-3))  # float32 norms: inflate past their rounding
-    eps = _gamma(ctx.probes.shape[1]) * ctx.p_norm * d_norm + 1e-300
+    eps = scan_error_bound(ctx.scan_kw["backend"], ctx.probes, ctx.store)
     results, refine_rounds = [], 0
     for s, top in zip(chain, tops):
         result, rounds = _evaluate_size(ctx, s, subsets[s], top, eps)

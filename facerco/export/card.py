@@ -188,6 +188,10 @@ def render_markdown(card: dict[str, Any]) -> str:
         q = card["quantization"]
         lines.append(f"| int8 recipe | QDQ, {'per-channel' if q['per_channel'] else 'per-tensor'} int8 weights, "
                      f"uint8 activations, {q['method']} on {q['calibration_images']} images |")
+        speed = q.get("speedup_vs_float32")
+        if speed:
+            rows = ", ".join(f"batch {bs} {r['speedup']:.2f}x" for bs, r in speed["batches"].items())
+            lines.append(f"| int8 speed-up over the float32 file (onnxruntime, threads={speed['threads']}) | {rows} |")
     if card["parity"]:
         p = card["parity"]
         lines.append(f"| parity to PyTorch ({p['images']} images) | min cosine {p['min_cosine']:.6f}, "

@@ -23,10 +23,15 @@ from facerco.export import onnx as fx
 from facerco.export import quantize as qz
 from facerco.utils.io import write_json
 
-__all__ = ["PRECISIONS", "FLOAT_MIN_COSINE", "ExportPlan", "ExportResult", "export_model", "rejected_path"]
+__all__ = ["PRECISIONS", "FLOAT_MIN_COSINE", "INT8_MIN_SPEEDUP", "ExportPlan", "ExportResult", "export_model",
+           "rejected_path"]
 
 PRECISIONS = ("fp32", "fp16", "int8")
 FLOAT_MIN_COSINE = 0.9999
+# An int8 file exists to be faster than its float32 source. onnxruntime runs PReLU in float between a dequantize and
+# a requantize, so a PReLU network's int8 file is about as fast as float32 (0.9-1.2x measured) and is refused by
+# default; a model.activation=relu student folds its activations into the integer convolutions (benchmarks/export.py).
+INT8_MIN_SPEEDUP = 1.0
 
 
 @dataclass
@@ -53,6 +58,7 @@ class ExportPlan:
     min_cosine: float | None = None
     min_mean_cosine: float | None = None
     max_drop: float | None = None
+    min_speedup: float | None = None
 
     def validate(self) -> None:
         """Refuse contradictory settings before any slow work."""
@@ -69,6 +75,8 @@ class ExportPlan:
             raise ValueError("--eval-pairs needs --eval-root (the folder its image paths are relative to)")
         if self.eval_pairs and self.eval_bin:
             raise ValueError("give either --eval-pairs/--eval-root or --eval-bin, not both")
+        if self.min_speedup is not None and self.precision != "int8":
+            raise ValueError("--min-speedup is only used with --int8 (the int8 file against its float32 source)")
         if self.max_drop is not None and not self.has_eval:
             raise ValueError("--max-drop needs verification pairs: --eval-pairs with --eval-root, or --eval-bin")
 
@@ -77,11 +85,14 @@ class ExportPlan:
         return bool(self.eval_pairs or self.eval_bin)
 
     def gates(self) -> dict[str, float | None]:
-        """The thresholds in force: float files keep the 0.9999 per-image floor, int8 files a mean-cosine floor."""
+        """The thresholds in force: float files keep the 0.9999 per-image floor, int8 files a mean-cosine floor and
+        a speed-up over their float32 source (measured only when the check runs)."""
         int8 = self.precision == "int8"
         min_cos = self.min_cosine if self.min_cosine is not None or int8 else FLOAT_MIN_COSINE
         mean_cos = self.min_mean_cosine if self.min_mean_cosine is not None or not int8 else qz.INT8_MIN_MEAN_COSINE
-        return {"min_cosine": min_cos, "min_mean_cosine": mean_cos, "max_drop_points": self.max_drop}
+        speedup = (self.min_speedup if self.min_speedup is not None else INT8_MIN_SPEEDUP) if int8 else None
+        return {"min_cosine": min_cos, "min_mean_cosine": mean_cos, "max_drop_points": self.max_drop,
+                "min_speedup": speedup}
 
 
 @dataclass
@@ -102,7 +113,8 @@ def rejected_path(out: str | Path) -> Path:
     return p.with_name(f"{p.stem}.rejected{p.suffix}")
 
 
-def _failures(plan: ExportPlan, parity: dict[str, Any] | None, verification: dict[str, Any] | None) -> list[str]:
+def _failures(plan: ExportPlan, parity: dict[str, Any] | None, verification: dict[str, Any] | None,
+              speed: dict[str, Any] | None = None) -> list[str]:
     gates, out = plan.gates(), []
     if parity is not None:
         s = parity["summary"]
@@ -112,6 +124,11 @@ def _failures(plan: ExportPlan, parity: dict[str, Any] | None, verification: dic
             out.append(f"mean cosine {s['mean_cosine']:.6f} < {gates['min_mean_cosine']}")
     if verification is not None and plan.max_drop is not None and verification["drop_points"] > plan.max_drop:
         out.append(f"verification accuracy drop {verification['drop_points']:.2f} points > {plan.max_drop}")
+    if speed is not None and gates["min_speedup"] is not None and speed["min_speedup"] < gates["min_speedup"]:
+        slow = min(speed["batches"].items(), key=lambda kv: kv[1]["speedup"])
+        out.append(f"int8 runs at {slow[1]['speedup']:.2f}x the float32 file at batch {slow[0]} (< "
+                   f"{gates['min_speedup']}x; a PReLU network's activations run in float in onnxruntime: train with "
+                   "model.activation=relu, or ship the float32 file)")
     return out
 
 
@@ -137,17 +154,20 @@ def _build(model: nn.Module, out: Path, staging: Path, plan: ExportPlan,
                                   "size_vs_float32": q.file_bytes / info.file_bytes}
 
 
-def _measure(model: nn.Module, path: Path, plan: ExportPlan, size: tuple[int, int]
-             ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    parity = None
+def _measure(model: nn.Module, path: Path, plan: ExportPlan, size: tuple[int, int], float_path: Path
+             ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """Parity (and, for int8, the speed-up over the float32 file) on the check images; verification on pairs."""
+    parity, speed = None, None
     if plan.check:
         images, names = fx.load_check_images(plan.check, size, limit=plan.check_limit)
         parity = fx.check_parity(model, path, images, names, batch_sizes=plan.batch_sizes, repeats=plan.repeats)
+        if plan.precision == "int8":
+            speed = fx.compare_speed(float_path, path, images, batch_sizes=plan.batch_sizes, repeats=plan.repeats)
     verification = None
     if plan.has_eval:
         verification = cards.compare_verification(model, path, pairs=plan.eval_pairs, root=plan.eval_root,
                                                   bin_path=plan.eval_bin)
-    return parity, verification
+    return parity, verification, speed
 
 
 def _place(built: Path, final: Path, out: Path, parity: dict[str, Any] | None, card: dict[str, Any]
@@ -188,8 +208,11 @@ def export_model(model: nn.Module, out: str | Path, plan: ExportPlan, *, source:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
         built, export, quant = _build(model, out, staging, plan, dict(metadata or {}))
-        parity, verification = _measure(model, built, plan, tuple(export["input_size"]))
-        failures = _failures(plan, parity, verification)
+        parity, verification, speed = _measure(model, built, plan, tuple(export["input_size"]),
+                                               staging / f"{out.stem}.float.onnx")
+        if quant is not None:
+            quant["speedup_vs_float32"] = speed
+        failures = _failures(plan, parity, verification, speed)
         final = out if not failures else rejected_path(out)
         if parity is not None:
             parity.update({"onnx": str(final), "export": {**export, "path": str(final)},

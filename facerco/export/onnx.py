@@ -27,6 +27,7 @@ import copy
 import io
 import json
 import logging
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ __all__ = [
     "load_check_images",
     "ort_session",
     "check_parity",
+    "compare_speed",
     "parity_report_path",
 ]
 
@@ -437,6 +439,34 @@ def check_parity(
         ],
         "latency": latency,
     }
+
+
+def compare_speed(reference: str | Path, candidate: str | Path, images: np.ndarray, *,
+                  batch_sizes: tuple[int, ...] = (1, 64), repeats: int = 5, rounds: int = 3,
+                  threads: int | None = None) -> dict[str, Any]:
+    """onnxruntime time of ``candidate`` against ``reference`` (e.g. an int8 file against its float32 source).
+
+    The two sessions run in alternating rounds of ``repeats`` timed calls each, so a load change on a shared
+    machine hits both; per file the best round's median is kept (the least disturbed). ``speedup`` > 1 means the
+    candidate is faster.
+
+    Returns:
+        ``{"threads", "rounds", "repeats", "batches": {bs: {reference_ms, candidate_ms, speedup}}, "min_speedup"}``.
+    """
+    x = normalize_batch(images)
+    sessions = [ort_session(reference, threads), ort_session(candidate, threads)]
+    batches: dict[str, dict[str, float]] = {}
+    for bs in batch_sizes:
+        batch = _tile(x, bs)
+        best = [math.inf, math.inf]
+        for _ in range(rounds):
+            for i, session in enumerate(sessions):
+                ms = _median_ms(lambda b, s=session: s.run(None, {INPUT_NAME: b}), batch, repeats)
+                best[i] = min(best[i], ms)
+        batches[str(bs)] = {"reference_ms": best[0], "candidate_ms": best[1], "speedup": best[0] / best[1]}
+    return {"threads": int(threads or torch.get_num_threads()), "rounds": rounds, "repeats": repeats,
+            "statistic": "best round's median", "batches": batches,
+            "min_speedup": min(b["speedup"] for b in batches.values())}
 
 
 def parity_report_path(onnx_path: str | Path) -> Path:
