@@ -113,3 +113,17 @@ def test_auto_picks_the_screen_only_where_the_cpu_has_integer_dot_products(monke
     assert _search.resolve_backend("auto", "cpu") == ("torch", "cpu")
     with pytest.raises(ValueError, match="runs on the CPU"):
         _search.resolve_backend("int8", "cuda")
+
+
+def test_integer_product_is_exact_at_the_measured_probe_levels() -> None:
+    """AVX2's u8s8 kernel saturates int16 pair sums with 8-bit codes on both sides; the probe levels chosen for this
+    machine must give the exact integer product even for extreme codes."""
+    from facerco.eval._screen import _session, _shifted, probe_levels
+
+    levels = probe_levels()
+    assert levels in (63, 127)
+    rng = np.random.default_rng(0)
+    probe_codes = rng.choice([-levels, levels], size=(9, 256)).astype(np.int8)
+    chunk = rng.choice([-127, 127], size=(33, 256)).astype(np.int8)
+    (dots,) = _session(256, probe_codes, 1).run(None, {"chunk": _shifted(chunk)})
+    np.testing.assert_array_equal(dots, chunk.astype(np.int64) @ probe_codes.astype(np.int64).T)

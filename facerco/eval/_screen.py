@@ -6,8 +6,8 @@ with the probe matrix packed once as a constant; torch's CPU ``_int_mm`` and bf1
 than fp32 on an AVX2 box, and faiss has no int8 flat product.
 
 Bound. Each row ``x`` (float32) is stored as ``s·q`` with ``q`` int8 in [-L, L] and ``s = max|x| / L``
-(float32; L = 127 for distractors, 63 for probes, see ``PROBE_LEVELS``); ``r = x - s·q`` is its residual, computed
-exactly in float64 (``s·q`` has at most 31 significant bits).
+(float32; L = 127 for distractors, 127 or 63 for probes, see :func:`probe_levels`); ``r = x - s·q`` is its
+residual, computed exactly in float64 (``s·q`` has at most 31 significant bits).
 For a probe ``p`` and a distractor ``d``::
 
     p·d - p̂·d̂ = p·r_d + r_p·d̂            so   |p·d - p̂·d̂| <= ‖p‖·‖r_d‖ + ‖r_p‖·‖d̂‖      (Cauchy–Schwarz)
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Int8Rows", "Int8Stats", "quantize_rows", "Int8Product", "int8_error_bound"]
+__all__ = ["Int8Rows", "Int8Stats", "quantize_rows", "Int8Product", "int8_error_bound", "probe_levels"]
 
 _U32 = 2.0**-24
 _U64 = 2.0**-53
@@ -45,10 +45,11 @@ class Int8Rows:
     quantized_norm: np.ndarray  # (n,) float64
 
 
-# The probe side is the graph's int8 operand and keeps 7 bits: MLAS's AVX2 u8s8 kernel (VPMADDUBSW) adds two
-# uint8*int8 products in int16 and saturates when they pass 32767 (255*127*2 does; 255*63*2 does not). The bound
-# uses the actual residuals, so the coarser probe codes only widen it; results do not change.
-PROBE_LEVELS = 63
+# The probe side is the graph's int8 operand. MLAS's AVX2 u8s8 kernel (VPMADDUBSW) adds two uint8*int8 products in
+# int16 and saturates past 32767 (255*127*2 does; 255*63*2 does not), so there probes keep 7 bits; VNNI/AMX kernels
+# accumulate in int32 and take 8. Which one runs is measured, not assumed (:func:`probe_levels`). The bound uses the
+# actual residuals, so coarser probe codes only widen it; results do not change.
+SAFE_PROBE_LEVELS = 63
 DISTRACTOR_LEVELS = 127
 
 
@@ -87,9 +88,50 @@ def _gamma64(dim: int) -> float:
     return dim * _U64 / (1 - dim * _U64) * 1.0001
 
 
+def _session(dim: int, probe_codes: np.ndarray, threads: int | None) -> object:
+    """An onnxruntime session computing (chunk codes + 128 as uint8, zero point 128) x probe codes -> int32."""
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["chunk", "probes", "zero"], ["dots"])], "int8_screen",
+        [helper.make_tensor_value_info("chunk", TensorProto.UINT8, ["c", dim])],
+        [helper.make_tensor_value_info("dots", TensorProto.INT32, ["c", probe_codes.shape[0]])],
+        initializer=[numpy_helper.from_array(np.ascontiguousarray(probe_codes.T), "probes"),
+                     numpy_helper.from_array(np.array(128, np.uint8), "zero")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _shifted(codes: np.ndarray) -> np.ndarray:
+    """int8 v -> uint8 v + 128, bit for bit (the u8s8 kernels' unsigned operand)."""
+    return codes.view(np.uint8) ^ np.uint8(0x80)
+
+
+_LEVELS: list[int] = []
+
+
+def probe_levels() -> int:
+    """127 where this machine's integer product is exact on the worst case (extreme codes of one sign in every
+    pair of a 64-wide row), else 63; measured once per process."""
+    if not _LEVELS:
+        dim = 64
+        probe = np.full((1, dim), 127, np.int8)
+        chunk = np.concatenate([np.full((1, dim), 127, np.int8), np.full((1, dim), -128 + 1, np.int8)])
+        (dots,) = _session(dim, probe, 1).run(None, {"chunk": _shifted(chunk)})  # type: ignore[attr-defined]
+        exact = chunk.astype(np.int64) @ probe.astype(np.int64).T
+        _LEVELS.append(127 if np.array_equal(dots, exact) else SAFE_PROBE_LEVELS)
+    return _LEVELS[0]
+
+
 def int8_error_bound(probes: np.ndarray, stats: Int8Stats) -> np.ndarray:
     """Per probe, the largest possible |screen score - float64 exact score| over the scanned distractors."""
-    q = quantize_rows(probes, PROBE_LEVELS)
+    q = quantize_rows(probes, probe_levels())
     p_norm = np.sqrt(np.einsum("ij,ij->i", probes.astype(np.float64), probes.astype(np.float64))) * _INFLATE
     rounding = 3.0001 * _U32 * (p_norm + q.residual_norm) * stats.max_quantized
     exact_sum = _gamma64(probes.shape[1]) * p_norm * stats.max_norm
@@ -104,30 +146,13 @@ class Int8Product:
     """
 
     def __init__(self, probes: np.ndarray, threads: int | None = None) -> None:
-        import onnxruntime as ort
-        import torch
-        from onnx import TensorProto, helper, numpy_helper
-
-        q = quantize_rows(probes, PROBE_LEVELS)
+        q = quantize_rows(probes, probe_levels())
         self.probe_scale = q.scale
-        dim = probes.shape[1]
-        graph = helper.make_graph(
-            [helper.make_node("MatMulInteger", ["chunk", "probes", "zero"], ["dots"])], "int8_screen",
-            [helper.make_tensor_value_info("chunk", TensorProto.UINT8, ["c", dim])],
-            [helper.make_tensor_value_info("dots", TensorProto.INT32, ["c", len(probes)])],
-            initializer=[numpy_helper.from_array(np.ascontiguousarray(q.codes.T), "probes"),
-                         numpy_helper.from_array(np.array(128, np.uint8), "zero")],
-        )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or torch.get_num_threads())
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.session = _session(probes.shape[1], q.codes, threads)
 
     def scores(self, chunk: Int8Rows) -> np.ndarray:
         """float32 (n_probes, len(chunk)) screen scores (a transposed view of one contiguous buffer)."""
-        shifted = (chunk.codes.view(np.uint8) ^ np.uint8(0x80))  # int8 v -> uint8 v + 128, bit for bit
-        (dots,) = self.session.run(None, {"chunk": shifted})
+        (dots,) = self.session.run(None, {"chunk": _shifted(chunk.codes)})  # type: ignore[attr-defined]
         out = dots.astype(np.float32)
         out *= chunk.scale[:, None]
         out *= self.probe_scale[None, :]
