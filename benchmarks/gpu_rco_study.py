@@ -443,8 +443,8 @@ def student_config(args: argparse.Namespace, layout: Layout, variant: str, seed:
     data = base_mapping(args, layout, "student", layout.run(variant, seed), seed)
     data["distill"] = {"teacher_run": str(layout.teacher), "cache": str(layout.cache), "strategy": "final",
                        "mimic_weight": 10.0, "mimic_type": "l2", "kd_weight": 0.0, "arcface_weight": 1.0,
-                       "best_metric": ROUTE_METRIC, "final_share": 0.25, "num_anchors": 4,
-                       "gss_probe_images": PROBE_IMAGES}
+                       "best": {"metric": ROUTE_METRIC}, "final_share": 0.25, "eeis": {"num_anchors": 4},
+                       "gss": {"probe_images": PROBE_IMAGES}}
     return stage_scaled_schedule(config_from_dict(apply_overrides(data, list(VARIANTS[variant][1])),
                                                   f"gpu_rco_study {variant}"))
 
@@ -569,7 +569,7 @@ def nonfinite_rows(cache: Path) -> dict[str, int]:
 
 def probe_set(train: FaceArray) -> torch.Tensor:
     """The congruence probe images: the GSS probe set of the library (seeded, no flip)."""
-    from facerco.distill.planning import probe_images
+    from facerco.distill.probe import probe_images
 
     return probe_images(train, PROBE_IMAGES, 0)
 

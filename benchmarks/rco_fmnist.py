@@ -11,8 +11,8 @@ The pre-registered protocol (``benchmarks/README.md``, "RCO study protocol", wri
   route with three lr phases), one route point per epoch with its validation accuracy and lr.
 * **Students**: ``cnn`` width 4 (4.2k parameters, 27× smaller), the teacher's full schedule (16 epochs, the same lr
   drops), Hinton KD ``(1-α)·CE + α·T²·KL`` with T=4, α=0.9, batch 256. Variants (all through the engine, the
-  library's plans :func:`facerco.distill.planning.build_plan` / :mod:`facerco.route.strategies` and its
-  :class:`~facerco.route.strategies.RouteFollower`): ``scratch``, ``kd_final`` (the reference), the controls
+  library's plans :func:`facerco.distill.planning.build_plan` (the strategy registry) and its
+  :class:`~facerco.route.follow.RouteFollower`): ``scratch``, ``kd_final`` (the reference), the controls
   ``early`` and ``reverse``, and the primary route strategies ``rco_eeis_one``, ``rco_eeis_multi``, ``lockstep``,
   ``phase``, ``ensemble``, ``rco_gss_online``.
 * **Pilot gate** (seed 0, validation only): teacher − scratch ≥ 4 points and kd_final − scratch ≥ +0.5 point, else
@@ -57,17 +57,17 @@ REFERENCE = "kd_final"
 PRIMARY = ("rco_eeis_one", "rco_eeis_multi", "lockstep", "phase", "ensemble", "rco_gss_online")
 CONTROLS = ("early", "reverse")
 VARIANTS = ("scratch", REFERENCE, *CONTROLS, *PRIMARY)
-# the distill section of each variant (facerco.config.DistillConfig fields); scratch has none
+# the distill section of each variant (facerco.config.DistillConfig keys, nested per strategy); scratch has none
 DISTILL: dict[str, dict[str, Any]] = {
     "kd_final": {"strategy": "final"},
-    "early": {"strategy": "early", "best_metric": "val_acc"},
-    "reverse": {"strategy": "reverse", "num_anchors": 4},
-    "rco_eeis_one": {"strategy": "eeis", "num_anchors": 4, "schedule": "one_stage"},
-    "rco_eeis_multi": {"strategy": "eeis", "num_anchors": 4, "schedule": "multi_stage"},
+    "early": {"strategy": "early", "best": {"metric": "val_acc"}},
+    "reverse": {"strategy": "reverse", "eeis": {"num_anchors": 4}},
+    "rco_eeis_one": {"strategy": "eeis", "eeis": {"num_anchors": 4}, "schedule": "one_stage"},
+    "rco_eeis_multi": {"strategy": "eeis", "eeis": {"num_anchors": 4}, "schedule": "multi_stage"},
     "lockstep": {"strategy": "lockstep"},
     "phase": {"strategy": "phase"},
     "ensemble": {"strategy": "ensemble"},
-    "rco_gss_online": {"strategy": "gss_online", "gss_max_anchors": 4, "gss_divergence": "kl"},
+    "rco_gss_online": {"strategy": "gss_online", "gss": {"max_anchors": 4, "divergence": "kl"}},
 }
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel mean and std (x / 255)
 
@@ -174,11 +174,12 @@ def make_task(net: nn.Module, targets: Callable[[str, torch.Tensor], torch.Tenso
 
     ``targets(point, indices)`` returns a route point's logits of those training images (the engine passes
     ``keys = [index, flip]`` because the task sets ``wants_keys``). ``follower`` is the library's
-    :class:`~facerco.route.strategies.RouteFollower` (stage plan, online-GSS decisions, saved in ``last.pt``);
-    an ensemble anchor averages its members' probabilities (:func:`~facerco.route.strategies.ensemble_logits`).
+    :class:`~facerco.route.follow.RouteFollower` (stage plan, online-GSS decisions, saved in ``last.pt``);
+    an ensemble anchor averages its members' probabilities (:func:`~facerco.route.follow.ensemble_logits`).
     """
     from facerco.losses.distill import KDLoss
-    from facerco.route.strategies import ensemble_logits, ensemble_members
+    from facerco.route.follow import ensemble_logits
+    from facerco.route.strategies import ensemble_members
     from facerco.train.task import TrainTask
 
     class _Task(TrainTask):
@@ -369,12 +370,14 @@ class AnchorLogits:
 def variant_plan(args: argparse.Namespace, variant: str, points: list[dict[str, Any]], total: int,
                  spe: int) -> tuple[Any, Any]:
     """(anchor plan, stage plan) of a variant through the library's single planning function."""
-    from facerco.config import Config, DistillConfig, OptimConfig
+    from facerco.config import Config, DistillConfig, OptimConfig, config_from_dict
     from facerco.distill.planning import build_plan
     from facerco.route.anchors import route_points
 
-    d = DistillConfig(final_share=args.final_share, gss_delta=args.gss_delta, kd_temperature=args.temperature,
-                      **DISTILL[variant])
+    spec = DISTILL[variant]
+    raw = {"final_share": args.final_share, "kd_temperature": args.temperature, **spec,
+           "gss": {"delta": args.gss_delta, **spec.get("gss", {})}}
+    d = config_from_dict(raw, f"variant {variant}", cls=DistillConfig)
     cfg = Config(kind="student", distill=d, optim=OptimConfig(lr=args.lr))
     return build_plan(cfg, route_points(points), spe, total)
 
@@ -383,7 +386,7 @@ def online_gss(args: argparse.Namespace, follower: Any, points: list[dict[str, A
                student: nn.Module, train: ArrayDataset, run: Path) -> Any:
     """The library's online-GSS callback with probe logits read from the anchor logits (no teacher runs)."""
     from facerco.route.anchors import ProbeOutput, probe_indices
-    from facerco.route.strategies import OnlineGSSCallback
+    from facerco.route.follow import OnlineGSSCallback
     from facerco.utils.io import write_json
 
     idx = torch.from_numpy(probe_indices(len(train), args.probe_images, 0))
@@ -408,8 +411,8 @@ def run_student(args: argparse.Namespace, variant: str, seed: int, train: ArrayD
     """Train one (variant, seed) student through the engine, or reuse its summary.json; test accuracy and the
     congruence on test images only for a counted seed (the pilot's ``test_acc``/``congruence_final`` are None)."""
     from facerco.route.anchors import format_plan
+    from facerco.route.follow import RouteFollower
     from facerco.route.plan import StagedSchedule, format_stages
-    from facerco.route.strategies import RouteFollower
     from facerco.train.engine import Engine, seed_everything
     from facerco.train.schedule import stage_schedule_factory
     from facerco.utils.io import atomic_write_text, read_json, write_json

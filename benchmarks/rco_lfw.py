@@ -342,15 +342,15 @@ def stage_scaled_schedule(cfg: Any) -> Any:
     to the stage (:func:`facerco.train.schedule.stage_schedule_factory`: drops at epochs 8 and 12 of 16 fall at 2 and
     3 of a 4-epoch stage); the study also shortens each stage's warm-up in the same proportion, so the four stages
     together warm up as long as the one-stage students. The scale is ``final_share``, exact when every stage has the
-    same length (``final_share = 1 / num_anchors``).
+    same length (``final_share = 1 / distill.eeis.num_anchors``).
     """
     d, s = cfg.distill, cfg.schedule
     if d.schedule != "multi_stage" or not d.restart_lr or s.decay != "step":
         return cfg
-    share = d.final_share
-    if d.num_anchors > 1 and not math.isclose((1 - share) / (d.num_anchors - 1), share, rel_tol=1e-6):
-        raise ValueError(f"multi-stage students here need equal stages (distill.final_share = 1/num_anchors), got "
-                         f"final_share={share}, num_anchors={d.num_anchors}")
+    share, count = d.final_share, d.eeis.num_anchors
+    if count > 1 and not math.isclose((1 - share) / (count - 1), share, rel_tol=1e-6):
+        raise ValueError(f"multi-stage students here need equal stages (distill.final_share = "
+                         f"1/distill.eeis.num_anchors), got final_share={share}, num_anchors={count}")
     return replace(cfg, schedule=replace(s, warmup_epochs=s.warmup_epochs * share))
 
 
@@ -668,7 +668,7 @@ def build_result(args: argparse.Namespace, variants: Sequence[Any], route: dict[
                              f"after {list(scaled.milestones)} epochs of each stage") if scaled else "",
         "distill": {"variant": ref.name, "mimic_weight": ref.cfg.distill.mimic_weight,
                     "mimic_type": ref.cfg.distill.mimic_type, "arcface_weight": ref.cfg.distill.arcface_weight,
-                    "num_anchors": ref.cfg.distill.num_anchors, "final_share": ref.cfg.distill.final_share},
+                    "num_anchors": ref.cfg.distill.eeis.num_anchors, "final_share": ref.cfg.distill.final_share},
         "teacher_run": str(args.teacher_run), "anchor_targets": "online teacher" if args.online else "anchor cache",
         "eval_flip": args.eval_flip, "route": route,
         "summary": summarize(runs, args.variants, counted or pilot, "test" if counted else "val"),

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -29,6 +30,15 @@ __all__ = [
     "TrainConfig",
     "RouteConfig",
     "DistillConfig",
+    "StrategyName",
+    "EeisConfig",
+    "GssConfig",
+    "BestConfig",
+    "EarlyConfig",
+    "PhaseConfig",
+    "ManualConfig",
+    "MOVED_DISTILL_KEYS",
+    "ConfigDeprecationWarning",
     "StageConfig",
     "EvalConfig",
     "load_config",
@@ -41,6 +51,10 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the source."""
+
+
+class ConfigDeprecationWarning(FutureWarning):
+    """A config uses a key of an earlier version; it is read as its new form (a FutureWarning, so users see it)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -153,27 +167,78 @@ class StageConfig:
     steps: int = 0  # stage length in optimizer steps; overrides epochs when > 0
 
 
+StrategyName = Literal["final", "best", "eeis", "gss", "manual", "none", "lockstep", "phase", "early", "ensemble",
+                       "reverse", "gss_online"]
+"""``distill.strategy``: the names of the strategy registry (:mod:`facerco.distill.strategies`; a test checks both
+agree). The schema keeps the list so a misspelt strategy fails when the config loads, before any import of torch."""
+
+
+@dataclass
+class EeisConfig:
+    """``distill.eeis``: Equal Epoch Interval anchors (strategy eeis, and reverse, its control in reverse order)."""
+
+    num_anchors: int = 4  # n evenly spaced route points ending with the final one (gss_online: its default slots)
+    every: int = 0  # every k-th route point instead of num_anchors, when > 0
+
+
+@dataclass
+class GssConfig:
+    """``distill.gss``: the greedy search's threshold, probe set and divergence (strategies gss and gss_online)."""
+
+    delta: float = 0.5
+    delta_mode: Literal["absolute", "relative"] = "relative"
+    probe_images: int = 512
+    seed: int = 0  # seeds the probe-set choice; the initial student uses train.seed
+    divergence: Literal["auto", "kl", "l2", "cosine", "relational"] = "auto"
+    use_logits: bool = True  # KL of softened logits when the route stores classifiers
+    max_anchors: int = 0  # cap on the number of anchors (final included); 0 = no cap (gss_online: eeis.num_anchors)
+
+
+@dataclass
+class BestConfig:
+    """``distill.best``: the validation metric that ranks route points (strategies best and early)."""
+
+    metric: str = ""  # route val metric to maximise; empty = the first one recorded
+
+
+@dataclass
+class EarlyConfig:
+    """``distill.early``: the early-stopped teacher point (strategy early)."""
+
+    point: str = ""  # the route point to follow; empty = the best by distill.best.metric before the last lr phase
+
+
+@dataclass
+class PhaseConfig:
+    """``distill.phase``: what counts as an lr drop of the teacher (strategies phase, early and ensemble)."""
+
+    drop_ratio: float = 0.5  # a drop is a next-point lr below this x the current
+
+
+@dataclass
+class ManualConfig:
+    """``distill.manual``: route points named by hand (strategy manual; strategy ensemble averages them)."""
+
+    anchors: list[str] = field(default_factory=list)  # route point names, in route order
+
+
 @dataclass
 class DistillConfig:
-    """RCO: which anchors from the teacher route, on what schedule, with which losses."""
+    """RCO: which anchors from the teacher route, on what schedule, with which losses.
+
+    Each strategy's knobs live in its own section (``eeis``, ``gss``, ``best``, ``early``, ``phase``, ``manual``);
+    the registry in :mod:`facerco.distill.strategies` says which sections a strategy reads. The flat keys of
+    earlier versions (``gss_delta``, ``num_anchors``, ...: :data:`MOVED_DISTILL_KEYS`) are still read, with a notice.
+    """
 
     teacher_run: str = ""  # teacher run directory holding route.json
-    # final / best / eeis / gss / manual / none, and the route strategies of facerco.route.strategies
-    strategy: Literal["final", "best", "eeis", "gss", "manual", "none", "lockstep", "phase", "early", "ensemble",
-                      "reverse", "gss_online"] = "eeis"
-    num_anchors: int = 4  # EEIS: n evenly spaced route points ending with the final one
-    eeis_every: int = 0  # EEIS: every k-th route point instead of num_anchors, when > 0
-    anchors: list[str] = field(default_factory=list)  # manual list of route point names
-    gss_delta: float = 0.5
-    gss_delta_mode: Literal["absolute", "relative"] = "relative"
-    gss_probe_images: int = 512
-    gss_seed: int = 0  # seeds the probe-set choice; the initial student uses train.seed
-    gss_divergence: Literal["auto", "kl", "l2", "cosine", "relational"] = "auto"
-    gss_use_logits: bool = True  # KL of softened logits when the route stores classifiers
-    gss_max_anchors: int = 0  # cap on the number of anchors (final included); 0 = no cap
-    best_metric: str = ""  # strategy=best/early: route val metric to maximise; empty = the first one recorded
-    early_point: str = ""  # strategy=early: the route point to follow; empty = chosen on validation
-    phase_drop_ratio: float = 0.5  # phase/early/ensemble: an lr drop is a next-point lr below this x the current
+    strategy: StrategyName = "final"  # final is the recommended strategy; the others are studies and controls
+    eeis: EeisConfig = field(default_factory=EeisConfig)
+    gss: GssConfig = field(default_factory=GssConfig)
+    best: BestConfig = field(default_factory=BestConfig)
+    early: EarlyConfig = field(default_factory=EarlyConfig)
+    phase: PhaseConfig = field(default_factory=PhaseConfig)
+    manual: ManualConfig = field(default_factory=ManualConfig)
     schedule: Literal["one_stage", "multi_stage"] = "one_stage"
     final_share: float = 0.25  # share of the budget spent on the final teacher
     restart_lr: bool = True  # multi-stage: each stage restarts the lr schedule
@@ -219,6 +284,83 @@ class Config:
     route: RouteConfig = field(default_factory=RouteConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Keys of earlier versions
+# ----------------------------------------------------------------------------------------------------------------
+
+MOVED_DISTILL_KEYS: dict[str, tuple[str, str]] = {
+    "num_anchors": ("eeis", "num_anchors"),
+    "eeis_every": ("eeis", "every"),
+    "gss_delta": ("gss", "delta"),
+    "gss_delta_mode": ("gss", "delta_mode"),
+    "gss_probe_images": ("gss", "probe_images"),
+    "gss_seed": ("gss", "seed"),
+    "gss_divergence": ("gss", "divergence"),
+    "gss_use_logits": ("gss", "use_logits"),
+    "gss_max_anchors": ("gss", "max_anchors"),
+    "best_metric": ("best", "metric"),
+    "early_point": ("early", "point"),
+    "phase_drop_ratio": ("phase", "drop_ratio"),
+    "anchors": ("manual", "anchors"),
+}
+"""Flat ``distill`` keys of earlier versions -> the (section, key) they are read as."""
+
+_NOTICED: set[str] = set()  # deprecated keys already announced in this process
+
+
+def _notice_moved(old: str, source: str) -> None:
+    """One line per deprecated key and process: the key, its new spelling, and where it was first seen."""
+    if old in _NOTICED:
+        return
+    _NOTICED.add(old)
+    section, key = MOVED_DISTILL_KEYS[old]
+    # attributed to the config itself (line 0: no source line under it), so the notice is one line naming the file
+    warnings.warn_explicit(f"distill.{old} is deprecated; write distill.{section}.{key} (read as that)",
+                           ConfigDeprecationWarning, source, 0)
+
+
+def _migrate_distill(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A ``distill`` mapping with its flat keys of earlier versions moved into their strategy sections.
+
+    Every way a config arrives (a file and each of its bases, a dotted override, a run folder's config.yaml, a
+    dict) passes through here before it is merged, so old configs and old run folders load unchanged and the usual
+    precedence holds between old and new spellings. One mapping that sets a key both ways with different values is
+    refused: which one was meant cannot be known.
+    """
+    if not any(k in MOVED_DISTILL_KEYS for k in data):
+        return data
+    out = {k: v for k, v in data.items() if k not in MOVED_DISTILL_KEYS}
+    for old in (k for k in data if k in MOVED_DISTILL_KEYS):
+        section, key = MOVED_DISTILL_KEYS[old]
+        node = out.get(section, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source}: key 'distill.{section}' expects a mapping, got {type(node).__name__}")
+        if key in node and node[key] != data[old]:
+            raise ConfigError(f"{source}: distill.{old}={data[old]!r} (deprecated) and distill.{section}.{key}="
+                              f"{node[key]!r} disagree; keep distill.{section}.{key}")
+        out[section] = {**node, key: data[old]}
+        _notice_moved(old, source)
+    return out
+
+
+def _migrate(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A whole config mapping with the ``distill`` keys of earlier versions in their new places."""
+    distill = data.get("distill")
+    if isinstance(distill, dict):
+        moved = _migrate_distill(distill, source)
+        if moved is not distill:
+            return {**data, "distill": moved}
+    return data
+
+
+def _moved_override(parts: list[str], source: str) -> list[str]:
+    """The key path of an override, ``distill.gss_delta`` read as ``distill.gss.delta``."""
+    if len(parts) == 2 and parts[0] == "distill" and parts[1] in MOVED_DISTILL_KEYS:
+        _notice_moved(parts[1], source)
+        return ["distill", *MOVED_DISTILL_KEYS[parts[1]]]
+    return parts
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -283,15 +425,24 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     raise ConfigError(f"{source}: key '{key}' has an unsupported schema type {_type_name(tp)}")
 
 
+def _did_you_mean(cls: type, key: str, names: list[str], prefix: str) -> str:
+    """The nearest valid key (a misspelt flat key of an earlier version names its new place), else every key."""
+    moved = {old: ".".join(new) for old, new in MOVED_DISTILL_KEYS.items()} if cls is DistillConfig else {}
+    close = difflib.get_close_matches(key, [*names, *moved], n=1)
+    if not close:
+        return f"; valid keys: {', '.join(names)}"
+    return f"; did you mean '{prefix}{moved.get(close[0], close[0])}'?"
+
+
 def _build(cls: type[T], data: dict[str, Any], source: str, prefix: str = "") -> T:
+    if cls is DistillConfig:
+        data = _migrate_distill(data, source)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in hints:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
-            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{_did_you_mean(cls, str(key), names, prefix)}")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", source)
     return cls(**kwargs)
 
@@ -330,6 +481,7 @@ def _read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    data = _migrate(data, str(path))
     bases = data.pop("_base_", [])
     if isinstance(bases, str):
         bases = [bases]
@@ -358,6 +510,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     out = copy.deepcopy(data)
     for text in overrides:
         parts, value = _parse_override(text)
+        parts = _moved_override(parts, f"override '{text}'")
         node = out
         for part in parts[:-1]:
             child = node.setdefault(part, {})

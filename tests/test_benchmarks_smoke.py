@@ -312,7 +312,7 @@ def test_rco_lfw_tiny_run(tmp_path: Path) -> None:
             "train.log_every=1", "train.progress=false", "train.tensorboard=false", "train.checkpoint_every_steps=0",
             "--epochs", "4", "--seeds", "0", "1", "--gate-gap", "-100", "--gate-mimic", "-100",
             "--variants", "scratch", "mimic_final", "early", "rco_eeis_multi", "lockstep", "phase", "reverse",
-            "--set", "train.batch_size=8", "train.log_every=1", "distill.gss_probe_images=16", *four_epochs,
+            "--set", "train.batch_size=8", "train.log_every=1", "distill.gss.probe_images=16", *four_epochs,
             "--out", str(out)]
     assert rco_lfw.main(argv) == 0
     result = json.loads((out / "rco_lfw.json").read_text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from facerco.distill.planning import PROBE_CHUNK, ProbeContext, probe_output, student_probe_fn
+from facerco.distill.probe import PROBE_CHUNK, ProbeContext, probe_output, student_probe_fn
 from facerco.eval.features import embed_batch
 from facerco.route.anchors import ProbeOutput
 

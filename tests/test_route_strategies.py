@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from facerco.config import DistillConfig
+from facerco.config import DistillConfig, config_from_dict
+from facerco.distill.strategies import PlanRequest, plan_strategy
 from facerco.route.anchors import PointInfo, ProbeOutput
-from facerco.route.strategies import (
-    OnlineGSSCallback,
-    RouteFollower,
-    ensemble_embeddings,
-    ensemble_logits,
-    ensemble_members,
-    plan_route_strategy,
-    required_points,
-)
+from facerco.route.follow import OnlineGSSCallback, RouteFollower, ensemble_embeddings, ensemble_logits
+from facerco.route.strategies import ensemble_members, required_points
 
 
 def step_route(epochs: int = 16, drops: tuple[int, ...] = (8, 12), val: list[float] | None = None) -> list[PointInfo]:
@@ -32,9 +26,18 @@ def step_route(epochs: int = 16, drops: tuple[int, ...] = (8, 12), val: list[flo
     return points
 
 
+def distill_cfg(**distill) -> DistillConfig:
+    """A ``distill`` section from nested keys (``gss={"max_anchors": 3}``), checked by the config schema."""
+    return config_from_dict(distill, cls=DistillConfig)
+
+
+def plan_route_strategy(d: DistillConfig, points, total):
+    """The registry's plan of ``d`` over ``points`` with a budget of ``total`` steps."""
+    return plan_strategy(PlanRequest(d, points, total, steps_per_epoch=1))
+
+
 def plan(points, total=160, **distill):
-    d = DistillConfig(**distill)
-    anchors, stages = plan_route_strategy(d, points, total)
+    anchors, stages = plan_route_strategy(distill_cfg(**distill), points, total)
     return anchors, [(s.anchor, s.start, s.end) for s in stages.stages]
 
 
@@ -67,9 +70,9 @@ def test_early_is_chosen_on_validation_before_the_last_phase():
     assert anchors.anchors == ["epoch_012"] and stages == [("epoch_012", 0, 160)]
     peaked = [0.9 if e == 6 else 0.5 for e in range(1, 17)]
     assert plan(step_route(val=peaked), strategy="early")[0].anchors == ["epoch_006"]
-    assert plan(step_route(), strategy="early", early_point="epoch_003")[0].anchors == ["epoch_003"]
+    assert plan(step_route(), strategy="early", early={"point": "epoch_003"})[0].anchors == ["epoch_003"]
     with pytest.raises(ValueError, match="final teacher"):
-        plan(step_route(), strategy="early", early_point="epoch_016")
+        plan(step_route(), strategy="early", early={"point": "epoch_016"})
     with pytest.raises(ValueError, match="validation metrics"):
         plan(step_route(), strategy="early")
 
@@ -79,9 +82,9 @@ def test_ensemble_and_reverse_plans():
     assert anchors.anchors == ["ensemble(epoch_008+epoch_012+epoch_016)"]
     assert ensemble_members(anchors.anchors[0]) == ["epoch_008", "epoch_012", "epoch_016"]
     assert stages == [(anchors.anchors[0], 0, 160)]
-    chosen = plan(step_route(), strategy="ensemble", anchors=["epoch_004", "final"])[0].anchors
+    chosen = plan(step_route(), strategy="ensemble", manual={"anchors": ["epoch_004", "final"]})[0].anchors
     assert chosen == ["ensemble(epoch_004+epoch_016)"]
-    anchors, stages = plan(step_route(), 160, strategy="reverse", num_anchors=4, final_share=0.5)
+    anchors, stages = plan(step_route(), 160, strategy="reverse", eeis={"num_anchors": 4}, final_share=0.5)
     assert anchors.anchors == ["epoch_016", "epoch_012", "epoch_008", "epoch_004"]
     # the EEIS lengths (27, 27, 26, 80), reversed: the final teacher's share comes first
     assert stages == [("epoch_016", 0, 80), ("epoch_012", 80, 106), ("epoch_008", 106, 133),
@@ -89,11 +92,11 @@ def test_ensemble_and_reverse_plans():
 
 
 def test_online_gss_plan_has_slots_then_the_final():
-    anchors, stages = plan(step_route(), 160, strategy="gss_online", gss_max_anchors=4, final_share=0.25)
+    anchors, stages = plan(step_route(), 160, strategy="gss_online", gss={"max_anchors": 4}, final_share=0.25)
     assert anchors.anchors == ["gss_online@1", "gss_online@2", "gss_online@3", "epoch_016"]
     assert stages == [("gss_online@1", 0, 40), ("gss_online@2", 40, 80), ("gss_online@3", 80, 120),
                       ("epoch_016", 120, 160)]
-    d = DistillConfig(strategy="gss_online", gss_max_anchors=3)
+    d = distill_cfg(strategy="gss_online", gss={"max_anchors": 3})
     _, stage_plan = plan_route_strategy(d, step_route(), 90)
     assert required_points(stage_plan, step_route()) == [p.name for p in step_route()]
     _, ens = plan_route_strategy(DistillConfig(strategy="ensemble"), step_route(), 90)
@@ -124,7 +127,7 @@ def _onehot_output(index: int, sharp: float = 8.0) -> ProbeOutput:
 
 def test_online_gss_decides_from_the_student_and_keeps_its_decisions():
     points = step_route(epochs=4, drops=())
-    d = DistillConfig(strategy="gss_online", gss_max_anchors=3, gss_delta=0.5, final_share=0.5)
+    d = distill_cfg(strategy="gss_online", gss={"max_anchors": 3, "delta": 0.5}, final_share=0.5)
     _, stage_plan = plan_route_strategy(d, points, 40)
     follower = RouteFollower(stage_plan)
     # route points output classes 0, 1, 2, 3; the student looks like point 2 (class 1), later like point 3
@@ -160,7 +163,7 @@ def test_online_gss_decides_from_the_student_and_keeps_its_decisions():
 
 def test_online_gss_after_the_final_follows_the_final():
     points = step_route(epochs=3, drops=())
-    d = DistillConfig(strategy="gss_online", gss_max_anchors=3, final_share=0.34)
+    d = distill_cfg(strategy="gss_online", gss={"max_anchors": 3}, final_share=0.34)
     _, stage_plan = plan_route_strategy(d, points, 30)
     follower = RouteFollower(stage_plan)
     outputs = {p.name: _onehot_output(i) for i, p in enumerate(points)}

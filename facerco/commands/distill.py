@@ -8,8 +8,10 @@ arguments and call the same handler.
 from __future__ import annotations
 
 import argparse
+import typing
 
 from facerco.commands._common import add_config_args, add_threads_arg, job_overrides
+from facerco.config import StrategyName
 
 __all__ = ["DISTILL_DESCRIPTION", "add_distill_args", "register", "register_route_plan"]
 
@@ -56,15 +58,15 @@ def _plan_overrides(args: argparse.Namespace) -> list[str]:
     out = [f"distill.teacher_run={args.run}"]
     if args.strategy:
         out.append(f"distill.strategy={args.strategy}")
-    for flag, key in (("num_anchors", "num_anchors"), ("every", "eeis_every"), ("delta", "gss_delta"),
-                      ("delta_mode", "gss_delta_mode"), ("probe_images", "gss_probe_images"), ("seed", "gss_seed"),
-                      ("divergence", "gss_divergence"), ("schedule", "schedule"), ("final_share", "final_share")):
+    for flag, key in (("num_anchors", "eeis.num_anchors"), ("every", "eeis.every"), ("delta", "gss.delta"),
+                      ("delta_mode", "gss.delta_mode"), ("probe_images", "gss.probe_images"), ("seed", "gss.seed"),
+                      ("divergence", "gss.divergence"), ("schedule", "schedule"), ("final_share", "final_share")):
         value = getattr(args, flag, None)
         if value is not None:
             out.append(f"distill.{key}={value}")
     if args.anchors:
         names = ", ".join(n.strip() for n in args.anchors.split(",") if n.strip())
-        out.append(f"distill.anchors=[{names}]")
+        out.append(f"distill.manual.anchors=[{names}]")
     return out
 
 
@@ -72,6 +74,7 @@ def _route_plan(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from facerco.distill.planning import prepare_plan, route_plan_config, write_plan
+    from facerco.distill.strategies import needs_probe
     from facerco.route.anchors import format_plan
     from facerco.route.io import load_route
     from facerco.route.plan import format_stages
@@ -82,7 +85,7 @@ def _route_plan(args: argparse.Namespace) -> int:
     dataset = build_train_dataset(cfg)
     # without a student config the GSS walk starts at the first route point (no student to measure)
     spe, anchor_plan, stage_plan = prepare_plan(cfg, route, dataset, student_start=bool(args.config))
-    if not args.config and anchor_plan.strategy == "gss":
+    if not args.config and needs_probe(cfg.distill):
         print("note: no --config, so GSS starts from the first route point; `facerco distill` starts from the "
               "initialised student of its config")
     print(format_plan(anchor_plan))
@@ -103,10 +106,11 @@ def register_route_plan(route_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="teacher run directory (holds route.json)")
     p.add_argument("--config", default="", help="student config (its distill section, data and budget)")
     p.add_argument("overrides", nargs="*", help="dotted overrides for the config")
-    p.add_argument("--strategy", choices=["final", "best", "eeis", "gss", "manual"], default=None)
+    p.add_argument("--strategy", choices=typing.get_args(StrategyName), default=None,
+                   help="distill.strategy (a name of the strategy registry; default: the config's)")
     p.add_argument("--num-anchors", dest="num_anchors", type=int, default=None, help="EEIS: n evenly spaced")
     p.add_argument("--every", type=int, default=None, help="EEIS: every k-th route point")
-    p.add_argument("--anchors", default="", help="manual: comma-separated route point names")
+    p.add_argument("--anchors", default="", help="manual / ensemble: comma-separated route point names")
     p.add_argument("--delta", type=float, default=None, help="GSS threshold")
     p.add_argument("--delta-mode", dest="delta_mode", choices=["absolute", "relative"], default=None)
     p.add_argument("--divergence", choices=["auto", "kl", "l2", "cosine", "relational"], default=None)

@@ -91,6 +91,8 @@ def builtin_variants(config: str | Path, overrides: Sequence[str] = (),
 
 def file_variants(configs: Sequence[str | Path], overrides: Sequence[str] = ()) -> list[Variant]:
     """One variant per config file; the name is the file stem without the stems' common prefix."""
+    from facerco.distill.strategies import get_strategy
+
     stems = [Path(c).stem for c in configs]
     prefix = _common_prefix(stems) if len(stems) > 1 else ""
     out = []
@@ -103,7 +105,7 @@ def file_variants(configs: Sequence[str | Path], overrides: Sequence[str] = ()) 
         elif d.mimic_weight == 0 and d.kd_weight == 0 and d.hint_weight == 0:
             what = "ArcFace only"
         else:
-            what = f"{d.strategy}" + (f", {d.schedule}" if d.strategy not in ("final", "best", "none") else "")
+            what = f"{d.strategy}" + ("" if get_strategy(d.strategy).one_anchor else f", {d.schedule}")
         out.append(Variant(name, what, cfg))
     names = [v.name for v in out]
     if len(set(names)) != len(names):
@@ -156,7 +158,7 @@ def _with_run(cfg: Config, out: Path, seed: int) -> Config:
 
 def final_congruence(cfg: Config, student_path: Path, probe: torch.Tensor) -> float:
     """Relational divergence between the student and the final teacher on the probe images."""
-    from facerco.distill.planning import PROBE_CHUNK
+    from facerco.distill.probe import PROBE_CHUNK
     from facerco.eval.features import embed_batch
     from facerco.models.checkpoint import load_model
     from facerco.route.anchors import ProbeOutput, divergence, route_points
@@ -191,7 +193,7 @@ def run_compare(variants: Sequence[Variant], seeds: Sequence[int], out_dir: str 
     With ``train=False`` nothing is trained: the table covers the runs already finished under ``out_dir``.
     """
     from facerco.distill.job import run_distill
-    from facerco.distill.planning import probe_images
+    from facerco.distill.probe import probe_images
     from facerco.route.anchors import route_points
     from facerco.route.io import load_route
     from facerco.train.job import build_train_dataset, build_validator
@@ -213,7 +215,7 @@ def run_compare(variants: Sequence[Variant], seeds: Sequence[int], out_dir: str 
             raise ValueError(f"compare: variant {v.name!r} differs from {variants[0].name!r} in teacher run, "
                              "student model, data or train.epochs; the comparison needs the same budget")
         check_validation_not_test(v.name, v.cfg)
-    probe = probe_images(build_train_dataset(base), base.distill.gss_probe_images, base.distill.gss_seed)
+    probe = probe_images(build_train_dataset(base), base.distill.gss.probe_images, base.distill.gss.seed)
     records: list[RunRecord] = []
     for v in variants:
         for seed in seeds:

@@ -23,14 +23,17 @@ from facerco.config import Config
 from facerco.distill.anchors import CachedAnchors, LoadPoint, OnlineAnchors, route_loader
 from facerco.distill.builders import build_student, hint_channels, teacher_dim
 from facerco.distill.gate import GateCallback
-from facerco.distill.planning import make_probe, prepare_plan, route_probe_outputs, student_probe_fn, write_plan
+from facerco.distill.planning import prepare_plan, write_plan
 from facerco.distill.plots import congruence_per_stage, plot_congruence
+from facerco.distill.probe import make_probe, route_probe_outputs, student_probe_fn
+from facerco.distill.strategies import decides_online, needs_probe
 from facerco.distill.task import StudentTask
 from facerco.losses.partial_fc import build_head
 from facerco.route.anchors import AnchorPlan, PointInfo, route_points
 from facerco.route.cache_reader import AnchorCache
+from facerco.route.follow import OnlineGSSCallback
 from facerco.route.plan import StagePlan
-from facerco.route.strategies import OnlineGSSCallback, ensemble_members, required_points
+from facerco.route.strategies import ensemble_members, required_points
 from facerco.train.job import JobContext, build_train_dataset, build_validator, prepare_run_dir, start_job
 from facerco.utils.callbacks import Callback
 from facerco.utils.threads import ThreadChoice
@@ -100,7 +103,7 @@ def _setup(cfg: Config, route: Any, dist_info: Any, dataset: Any, head: nn.Modul
                                 "the teacher, or give one sub-folder per identity (data.format=folder)")
     backbone = build_student(cfg)
     initial = None
-    if d.strategy == "gss" and not d.stages:
+    if needs_probe(d):
         import copy
 
         initial = copy.deepcopy(backbone)
@@ -146,9 +149,9 @@ def _online_gss(cfg: Config, task: StudentTask, s: _Setup, run_dir: Path, is_mai
     """The online-GSS callback: route points' probe outputs now, the student's at each slot, plan.json rewritten."""
     from facerco.train import distributed as fdist
 
-    d = cfg.distill
     probe = make_probe(cfg, s.dataset, s.route, None, s.device)
-    outputs = route_probe_outputs(s.points, probe, d.gss_use_logits)
+    g = cfg.distill.gss
+    outputs = route_probe_outputs(s.points, probe, g.use_logits)
 
     def on_decide(records: list[dict[str, Any]]) -> None:
         if is_main:
@@ -157,8 +160,8 @@ def _online_gss(cfg: Config, task: StudentTask, s: _Setup, run_dir: Path, is_mai
                   f"(step {records[-1]['step']})", flush=True)
 
     return OnlineGSSCallback(task.follower, [p.name for p in s.points], outputs,
-                             student_probe_fn(task.backbone, s.head, probe, d.gss_use_logits), d.gss_delta,
-                             d.gss_delta_mode, d.gss_divergence, d.kd_temperature, on_decide,
+                             student_probe_fn(task.backbone, s.head, probe, g.use_logits), g.delta, g.delta_mode,
+                             g.divergence, cfg.distill.kd_temperature, on_decide,
                              share=fdist.broadcast_object)
 
 
@@ -174,7 +177,7 @@ def _callbacks(cfg: Config, task: StudentTask, s: _Setup, validator: Validator |
         gate = GateCallback(task, {p.name: p for p in s.points}, d.gate_metric)
         callbacks.append(gate)
     online = None
-    if d.strategy == "gss_online" and not d.stages:
+    if decides_online(d):
         online = _online_gss(cfg, task, s, run_dir, is_main)
         callbacks.append(online)
     return callbacks, gate, online

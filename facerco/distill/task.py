@@ -1,7 +1,7 @@
 """The student task: one batch -> ``arcface + mimic + KD + hint`` (weights from ``distill``) and the congruence.
 
 :class:`StudentTask` follows the anchor the stage plan assigns to the current step (through
-:class:`~facerco.route.strategies.RouteFollower`, which also holds the gate's skips and online-GSS choices, saved in
+:class:`~facerco.route.follow.RouteFollower`, which also holds the gate's skips and online-GSS choices, saved in
 ``last.pt``), reads its targets from an :class:`~facerco.distill.anchors.AnchorSource`, and logs the mimic loss to
 the current anchor and to the final teacher (``cong_anchor`` / ``cong_final``).
 """
@@ -16,8 +16,9 @@ from torch import nn
 from facerco.config import Config
 from facerco.distill.anchors import AnchorSource, CachedAnchors, teacher_logits
 from facerco.losses.distill import FeatureHooks, HintLoss, KDLoss, MimicLoss
+from facerco.route.follow import RouteFollower, ensemble_embeddings, ensemble_logits
 from facerco.route.plan import StagePlan
-from facerco.route.strategies import RouteFollower, ensemble_embeddings, ensemble_logits, ensemble_members
+from facerco.route.strategies import ensemble_members
 from facerco.train.task import TrainTask
 
 __all__ = ["StudentTask"]

@@ -1,7 +1,7 @@
 """The training engine's callback protocol, in a leaf module so that ``route`` and ``train`` both use it.
 
 :class:`facerco.train.engine.Engine` calls these hooks; route recording (``facerco.route.record``) and the student's
-route following (``facerco.route.strategies``) implement them without importing the engine.
+route following (``facerco.route.follow``) implement them without importing the engine.
 """
 
 from __future__ import annotations
