@@ -3,6 +3,8 @@
 Usage:
     python benchmarks/export.py                       # mbf_0.8m and mbf, batch 1 and 64, 1 thread
     python benchmarks/export.py --archs mbf --threads 2 --out bench_out/export_t2.json
+    # issue 20: the PReLU student against its ReLU variant (model overrides after a colon)
+    python benchmarks/export.py --archs mbf_0.8m mbf_0.8m:activation=relu --backends onnxruntime onnxruntime_int8
     # int8 (issue 12): speed and size of fp32 / fp16 / int8 / dynamic-int8 files, op-time profile, and a trained
     # student's held-out verification accuracy for each precision
     python benchmarks/export.py --backends onnxruntime onnxruntime_fp16 onnxruntime_int8 onnxruntime_dynamic \
@@ -78,6 +80,7 @@ def _onnx_files(model: torch.nn.Module, backends: list[str], workdir: Path, arch
     from facerco.export.quantize import CalibrationSet, quantize_int8
 
     size = tuple(model.meta.input_size)
+    arch = arch.replace(":", "_").replace("=", "-").replace(",", "_")  # a file stem from an arch spec
     files = {"fp32": workdir / f"{arch}.onnx"}
     export_onnx(model, files["fp32"])
     wanted = {ONNX_FILES[b] for b in backends if b in ONNX_FILES}
@@ -168,11 +171,29 @@ def _time_cell(runners: dict[str, Callable[[np.ndarray], Any]], x: np.ndarray, b
                 max(speeds[b]), "warmup_s": warmup[b]} for b in runners}
 
 
+def _arch_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``mbf_0.8m:activation=relu,embedding_size=128`` -> (name, overrides); values are int/float when they parse."""
+    name, _, rest = spec.partition(":")
+    overrides: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        for cast in (int, float):
+            try:
+                overrides[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            overrides[key] = value
+    return name, overrides
+
+
 def bench_arch(arch: str, batch_sizes: list[int], threads: int, min_time: float, rounds: int,
                workdir: Path, backends: list[str] | None = None, model: torch.nn.Module | None = None,
                profile: bool = False) -> list[dict[str, Any]]:
     backends = list(backends or BACKENDS)
-    model = model if model is not None else _with_bn_statistics(create_model(arch), (112, 112))
+    model = model if model is not None else _with_bn_statistics(create_model(*_arch_spec(arch)[:1],
+                                                                             **_arch_spec(arch)[1]), (112, 112))
     files = _onnx_files(model, backends, workdir, arch)
     runners = _runners(model, files, threads, backends)
     rows = []
@@ -240,7 +261,8 @@ def bench_student(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     for name, extra in variants:
         precision = name.split("_")[0]
         plan = ExportPlan(precision=precision, calibrate=args.calibrate if precision == "int8" else None,
-                          calibration_count=args.calib_count, min_cosine=0.0, min_mean_cosine=0.0, **common, **extra)
+                          calibration_count=args.calib_count, min_cosine=0.0, min_mean_cosine=0.0,
+                          min_speedup=0.0 if precision == "int8" else None, **common, **extra)
         start = time.perf_counter()
         result = export_model(model, workdir / f"student_{name}.onnx", plan, source=source)
         card = result.card
@@ -322,9 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\ncells: images per wall-clock second, best round (images per CPU-second of this process: the speed an "
           "idle machine would show when the cores are shared)")
     ratios = _ratios(rows)
+    print(f"CPU integer/bf16 flags: {', '.join(_cpu_flags()) or 'none'} (goal, issue 20: int8 >= 1.5x fp32)")
     for r in ratios:
-        print(f"  {r['arch']:<10} batch {r['batch']:>3} {r['backend']:<20} speed per CPU-s "
-              f"x{r['speed_per_cpu_s_vs_fp32']:.2f} of fp32, size x{r['size_vs_fp32']:.3f}")
+        print(f"  {r['arch']:<28} batch {r['batch']:>3} {r['backend']:<20} speed x{r['speed_vs_fp32']:.2f} of fp32 "
+              f"(per CPU-s x{r['speed_per_cpu_s_vs_fp32']:.2f}), size x{r['size_vs_fp32']:.3f}")
     if student is not None:
         print("\n" + _student_table(student))
     import onnxruntime
@@ -347,7 +370,8 @@ def _cpu_flags() -> list[str]:
         flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split()
     except (OSError, IndexError):
         return []
-    return sorted(f for f in set(flags) if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"})
+    return sorted(f for f in set(flags) if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                                                  "amx_int8", "amx_bf16"})
 
 
 if __name__ == "__main__":
