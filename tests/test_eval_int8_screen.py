@@ -3,6 +3,9 @@ the bound are still decided exactly (results equal to the float64 brute force an
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from test_eval_identification import _reference  # tests/ is on sys.path under pytest
@@ -127,3 +130,34 @@ def test_integer_product_is_exact_at_the_measured_probe_levels() -> None:
     chunk = rng.choice([-127, 127], size=(33, 256)).astype(np.int8)
     (dots,) = _session(256, probe_codes, 1).run(None, {"chunk": _shifted(chunk)})
     np.testing.assert_array_equal(dots, chunk.astype(np.int64) @ probe_codes.astype(np.int64).T)
+
+
+def _masked(report: dict) -> dict:
+    """A report without what differs between two runs by design: creation time, backend name, list size, timings."""
+    out = json.loads(json.dumps(report))
+    out["meta"].pop("created")
+    for result in out["identification"].values():
+        for key in ("backend", "topk", "refine_rounds", "timings"):
+            result.pop(key)
+    return out
+
+
+def test_megaface_command_reports_equal_the_float32_path(tmp_path: Path) -> None:
+    from facerco.eval import run_megaface
+    from facerco.eval.features import Embeddings, save_embeddings
+
+    probes, labels, dist = _near_tie_set(3)
+    save_embeddings(Embeddings(probes, np.ones(len(probes), np.float32), labels,
+                               [f"p{i}.jpg" for i in range(len(probes))]), tmp_path / "probes.npy")
+    np.save(tmp_path / "distractors.npy", dist)
+    reports = {}
+    for backend in ("torch", "int8"):
+        out = tmp_path / backend
+        run_megaface(tmp_path / "probes.npy", tmp_path / "distractors.npy", out=out, backend=backend,
+                     sizes=[100, 20_000], fars=(1e-4, 1e-3))
+        reports[backend] = json.loads((out / "report.json").read_text())
+        md = (out / "report.md").read_text().replace(f"backend {backend} on", "backend on")
+        reports[f"{backend}.md"] = [line for line in md.splitlines() if not line.startswith("- created:")]
+    assert reports["int8"]["identification"]["features"]["backend"] == "int8"
+    assert _masked(reports["int8"]) == _masked(reports["torch"])
+    assert reports["int8.md"] == reports["torch.md"]
