@@ -150,10 +150,17 @@ class Int8Product:
         self.probe_scale = q.scale
         self.session = _session(probes.shape[1], q.codes, threads)
 
-    def scores(self, chunk: Int8Rows) -> np.ndarray:
-        """float32 (n_probes, len(chunk)) screen scores (a transposed view of one contiguous buffer)."""
+    def chunk_scores(self, chunk: Int8Rows) -> np.ndarray:
+        """``fl32(fl32(q_p·q_d)·s_d)`` as float32 (n_probes, len(chunk)), a transposed view of one contiguous buffer.
+
+        The probe's scale is left out: it orders one probe's scores the same way, so a scan can keep its top-k on
+        these and multiply the kept values by ``probe_scale`` afterwards (the same float32 operations, in order).
+        """
+        import torch
+
         (dots,) = self.session.run(None, {"chunk": _shifted(chunk.codes)})  # type: ignore[attr-defined]
-        out = dots.astype(np.float32)
-        out *= chunk.scale[:, None]
-        out *= self.probe_scale[None, :]
-        return out.T
+        return torch.mul(torch.from_numpy(dots), torch.from_numpy(chunk.scale)[:, None]).numpy().T
+
+    def scores(self, chunk: Int8Rows) -> np.ndarray:
+        """The screen scores ``fl32(fl32(fl32(q_p·q_d)·s_d)·s_p)``, float32 (n_probes, len(chunk))."""
+        return self.chunk_scores(chunk) * self.probe_scale[:, None]

@@ -331,10 +331,11 @@ def _scan_int8(
             for ids, rows in store.chunks(seg, chunk_size):
                 codes = quantize_rows(rows)
                 store.int8.add(codes, rows)
-                merger.update(torch.from_numpy(product.scores(codes)), torch.from_numpy(ids))
+                merger.update(torch.from_numpy(product.chunk_scores(codes)), torch.from_numpy(ids))
                 if progress is not None:
                     progress.update(len(ids))  # type: ignore[attr-defined]
-            out.append(merger.snapshot())
+            top = merger.snapshot()  # kept on probe-unscaled scores: the probe's scale is applied here, once
+            out.append(TopK(top.values * product.probe_scale[:, None], top.ids))
     return out
 
 
