@@ -106,14 +106,9 @@ def test_small_first_k_forces_refinement_and_still_matches() -> None:
     assert screened["sizes"] == ident.evaluate_identification(probes, labels, dist, backend="torch", **kw)["sizes"]
 
 
-def test_auto_picks_the_screen_only_where_the_cpu_has_integer_dot_products(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _search.cpu_has_fast_int8("flags : fpu sse avx2 avx512f avx512_vnni")
-    assert _search.cpu_has_fast_int8("flags : fpu avx2 amx_int8 amx_tile")
-    assert not _search.cpu_has_fast_int8("flags : fpu sse avx2 fma")
-    monkeypatch.setattr(_search, "cpu_has_fast_int8", lambda flags=None: True)
-    assert _search.resolve_backend("auto", "cpu") == ("int8", "cpu")
-    monkeypatch.setattr(_search, "cpu_has_fast_int8", lambda flags=None: False)
+def test_auto_never_picks_the_screen_and_the_screen_is_cpu_only() -> None:
     assert _search.resolve_backend("auto", "cpu") == ("torch", "cpu")
+    assert _search.resolve_backend("int8", "cpu") == ("int8", "cpu")
     with pytest.raises(ValueError, match="runs on the CPU"):
         _search.resolve_backend("int8", "cuda")
 

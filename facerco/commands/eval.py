@@ -107,7 +107,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--probe-noise", help="list of mislabeled probe images (replaced by their identity mean)")
     m.add_argument("--distractor-noise", help="list of distractors showing probe identities (never matched)")
     m.add_argument("--far", type=float, nargs="+", default=[1e-6, 1e-5, 1e-4])
-    m.add_argument("--backend", choices=["auto", "torch", "faiss"], default="auto")
+    m.add_argument("--backend", choices=["auto", "torch", "faiss", "int8"], default="auto",
+                   help="auto: torch (faiss-gpu on GPUs); int8: a low-precision screen with exact rescoring (same "
+                        "results; slower than torch at the default FARs, see benchmarks/identification.py)")
     m.add_argument("--chunk-size", type=int, default=16384, help="distractors per matmul")
     m.add_argument("--out", default="eval_out/megaface", help="report folder (default eval_out/megaface)")
     _common(m)
