@@ -86,6 +86,7 @@ class ModelConfig:
     embedding_size: int | None = None
     dropout: float | None = None
     width_mult: float | None = None  # reduced-width variants for CPU-scale runs, where the family supports it
+    activation: str | None = None  # MobileFaceNet: prelu (published) or relu (runs fully in int8 in onnxruntime)
 
 
 @dataclass

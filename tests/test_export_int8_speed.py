@@ -113,3 +113,13 @@ def test_int8_slower_than_float32_is_rejected(tmp_path: Path, monkeypatch: pytes
     if not passes:
         assert result.path == deploy.rejected_path(tmp_path / "m.onnx")
         assert any("0.90x the float32 file" in f and "model.activation=relu" in f for f in result.failures)
+
+
+def test_config_key_builds_the_relu_student() -> None:
+    from facerco.config import config_from_dict
+    from facerco.train.job import build_backbone
+
+    cfg = config_from_dict({"model": {"name": "mbf_0.8m", "activation": "relu"}, "data": {"image_size": 32}})
+    model = build_backbone(cfg)
+    assert model.meta.arch_kwargs["activation"] == "relu"
+    assert not any(isinstance(m, torch.nn.PReLU) for m in model.modules())

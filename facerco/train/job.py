@@ -155,7 +155,7 @@ def build_backbone(cfg: Config) -> nn.Module:
     from facerco.models import create_model
 
     overrides: dict[str, Any] = {}
-    for key in ("embedding_size", "dropout", "width_mult"):
+    for key in ("embedding_size", "dropout", "width_mult", "activation"):
         value = getattr(cfg.model, key)
         if value is not None:
             overrides[key] = value
