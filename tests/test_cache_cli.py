@@ -22,7 +22,8 @@ def route(tmp_path_factory):
 
 def test_cache_then_distill_from_cache(route, capsys):
     root, faces, run = route
-    cfg = student_cfg(faces, run, root / "student", strategy="manual", anchors=["epoch_003"], final_share=0.5)
+    cfg = student_cfg(faces, run, root / "student", strategy="manual", manual={"anchors": ["epoch_003"]},
+                      final_share=0.5)
     cfg.train.epochs = 1.0
     cfg_path = root / "student.yaml"
     cfg_path.write_text(dump_config(cfg))
@@ -65,7 +66,7 @@ def _cache_cli(run, faces, out, *extra):
 
 
 def _student_yaml(faces, run, out, path):
-    cfg = student_cfg(faces, run, out, strategy="manual", anchors=["epoch_003"], final_share=0.5)
+    cfg = student_cfg(faces, run, out, strategy="manual", manual={"anchors": ["epoch_003"]}, final_share=0.5)
     cfg.train.epochs = 1.0
     path.write_text(dump_config(cfg))
     return path

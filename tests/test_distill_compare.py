@@ -23,7 +23,7 @@ def setup(tmp_path_factory):
     for point, acc in zip(manifest["points"], [0.5, 0.8, 0.7, 0.9], strict=True):
         point["val"] = {"acc": acc}
     (run / "route.json").write_text(json.dumps(manifest))
-    cfg = student_cfg(faces, run, root / "unused", num_anchors=2, gss_probe_images=24)
+    cfg = student_cfg(faces, run, root / "unused", eeis={"num_anchors": 2}, gss={"probe_images": 24})
     cfg.train.epochs = 1.0
     path = root / "student.yaml"
     path.write_text(dump_config(cfg))

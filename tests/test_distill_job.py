@@ -44,13 +44,14 @@ def _cli_plan(argv):
 
 
 @pytest.mark.parametrize("distill", [
-    {"strategy": "gss", "gss_delta": 0.6, "schedule": "multi_stage", "kd_weight": 0.5},
-    {"strategy": "eeis", "num_anchors": 2, "schedule": "one_stage", "final_share": 0.5},
+    {"strategy": "gss", "gss": {"delta": 0.6}, "schedule": "multi_stage", "kd_weight": 0.5},
+    {"strategy": "eeis", "eeis": {"num_anchors": 2}, "schedule": "one_stage", "final_share": 0.5},
 ])
 def test_printed_plan_is_the_plan_used(teacher, tmp_path, capsys, distill):
     faces, run = teacher
     cfg = student_cfg(faces, run, tmp_path / "s", **distill)
-    overrides = [f"distill.{k}={v}" for k, v in distill.items()]
+    overrides = [f"distill.{k}.{kk}={vv}" if isinstance(v, dict) else f"distill.{k}={v}"
+                 for k, v in distill.items() for kk, vv in (v.items() if isinstance(v, dict) else [(k, v)])]
     cfg_file = tmp_path / "student.yaml"
     from facerco.config import dump_config
 
@@ -81,7 +82,7 @@ def test_printed_plan_is_the_plan_used(teacher, tmp_path, capsys, distill):
 
 def test_killed_mid_stage_resumes_into_same_stage(teacher, tmp_path):
     faces, run = teacher
-    kw = {"strategy": "eeis", "num_anchors": 2, "schedule": "multi_stage", "final_share": 0.5}
+    kw = {"strategy": "eeis", "eeis": {"num_anchors": 2}, "schedule": "multi_stage", "final_share": 0.5}
     # 4 epochs x 6 steps: stage 0 = steps 0-12 (epoch_002), stage 1 = 12-24 (epoch_004)
     full = run_distill(student_cfg(faces, run, tmp_path / "full", **kw))
     assert [(s.anchor, s.start, s.end) for s in full.stage_plan.stages] == [("epoch_002", 0, 12),
@@ -106,7 +107,8 @@ def test_killed_mid_stage_resumes_into_same_stage(teacher, tmp_path):
 def test_student_from_cache_equals_online(teacher, tmp_path):
     faces, run = teacher
     route = load_route(run)
-    kw = {"strategy": "eeis", "num_anchors": 2, "schedule": "one_stage", "mimic_weight": 1.0, "kd_weight": 0.1}
+    kw = {"strategy": "eeis", "eeis": {"num_anchors": 2}, "schedule": "one_stage", "mimic_weight": 1.0,
+          "kd_weight": 0.1}
 
     def make(out, seed=0):
         cfg = student_cfg(faces, run, out, **kw)
@@ -143,7 +145,7 @@ def test_gate_skips_anchors_below_the_student(teacher, tmp_path):
     for p, acc in zip(manifest["points"], [0.2, 0.4, 0.8, 0.9], strict=True):
         p["val"] = {"acc": acc}
     (gated_run / "route.json").write_text(json.dumps(manifest))
-    cfg = student_cfg(faces, gated_run, tmp_path / "s", strategy="eeis", num_anchors=4, gate=True,
+    cfg = student_cfg(faces, gated_run, tmp_path / "s", strategy="eeis", eeis={"num_anchors": 4}, gate=True,
                       final_share=0.25, schedule="multi_stage")
     result = run_distill(cfg, validator=lambda backbone: {"acc": 0.5})
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())

@@ -48,7 +48,7 @@ def _job_cfg(job: str, faces: Path, teacher: Path, out: Path) -> Config:
         cfg = base_cfg(faces, out)
         cfg.kind = "teacher"
     else:
-        cfg = student_cfg(faces, teacher, out, strategy="eeis", num_anchors=2, schedule="multi_stage",
+        cfg = student_cfg(faces, teacher, out, strategy="eeis", eeis={"num_anchors": 2}, schedule="multi_stage",
                           final_share=0.5)
     cfg.train.epochs = 1.0  # 6 steps
     return cfg

@@ -40,7 +40,7 @@ def _stages_logged(run_dir):
 ])
 def test_strategy_runs_and_logs_its_anchors(teacher, tmp_path, strategy, anchors):
     faces, run = teacher
-    cfg = student_cfg(faces, run, tmp_path / strategy, strategy=strategy, num_anchors=2, kd_weight=0.2)
+    cfg = student_cfg(faces, run, tmp_path / strategy, strategy=strategy, eeis={"num_anchors": 2}, kd_weight=0.2)
     cfg.train.log_every = 1
     result = run_distill(cfg)
     summary = json.loads((tmp_path / strategy / "summary.json").read_text())
@@ -55,8 +55,8 @@ def test_strategy_runs_and_logs_its_anchors(teacher, tmp_path, strategy, anchors
 
 def test_online_gss_resumes_exactly_and_logs_decisions(teacher, tmp_path):
     faces, run = teacher
-    kw = {"strategy": "gss_online", "gss_max_anchors": 3, "gss_delta": 0.5, "final_share": 0.34,
-          "gss_probe_images": 16}
+    kw = {"strategy": "gss_online", "gss": {"max_anchors": 3, "delta": 0.5, "probe_images": 16},
+          "final_share": 0.34}
     full = run_distill(student_cfg(faces, run, tmp_path / "full", **kw))
     plan = json.loads((tmp_path / "full" / "plan.json").read_text())
     decisions = plan["online_decisions"]
