@@ -31,6 +31,8 @@ def _distill(args: argparse.Namespace) -> int:
 
     cfg = load_student_config(args.config, job_overrides(args))
     result = run_distill(cfg)
+    if result.student_path is None:  # another rank than 0 under torchrun: rank 0 wrote and reports the student
+        return 0
     val = "  ".join(f"{k} {v:.4f}" for k, v in result.val.items())
     print(f"student: {result.student_path}  steps {result.step}  {result.seconds:.1f}s  {val}".rstrip())
     return 0
