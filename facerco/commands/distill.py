@@ -17,8 +17,9 @@ __all__ = ["DISTILL_DESCRIPTION", "add_distill_args", "register", "register_rout
 
 DISTILL_DESCRIPTION = (
     "Train a student that follows anchors chosen from a teacher's route (distill section of the config: strategy "
-    "eeis/gss/manual/final/best, one- or multi-stage schedule, mimic/KD/hint weights, optional anchor-feature "
-    "cache). Validates on data.val_bins / data.val_pairs as the teacher job does. Resumes from last.pt in "
+    "final (the default and recommendation) or eeis/gss/phase/..., each with its knobs in its own section such as "
+    "distill.gss; one- or multi-stage schedule, mimic/KD/hint weights, optional anchor-feature cache). Validates "
+    "on data.val_bins / data.val_pairs as the teacher job does. Resumes from last.pt in "
     "train.output under the same config (a changed config is refused). `facerco distill` and `facerco train "
     "student` are the same command."
 )

@@ -144,7 +144,7 @@ def select_eeis(points: Sequence[PointInfo], num_anchors: int = 0, every: int = 
         positions = sorted({max(0, math.floor(j * count / n + 0.5) - 1) for j in range(1, n + 1)})
         chosen = [pts[i].name for i in positions]
     else:
-        raise ValueError("EEIS needs distill.num_anchors > 0 or distill.eeis_every > 0")
+        raise ValueError("EEIS needs distill.eeis.num_anchors > 0 or distill.eeis.every > 0")
     final = _final(pts).name
     if not chosen or chosen[-1] != final:
         chosen = [c for c in chosen if c != final] + [final]
@@ -154,7 +154,7 @@ def select_eeis(points: Sequence[PointInfo], num_anchors: int = 0, every: int = 
 def select_manual(points: Sequence[PointInfo], names: Sequence[str], append_final: bool = True) -> AnchorPlan:
     """A user's list of route point names (``final`` stands for the final point), kept in route order."""
     if not names:
-        raise ValueError("manual strategy needs distill.anchors: a list of route point names")
+        raise ValueError("manual strategy needs distill.manual.anchors: a list of route point names")
     order = {p.name: i for i, p in enumerate(points)}
     final = _final(points).name
     resolved = []
