@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -119,16 +120,31 @@ def run_command(backend: str, probes_npy: Path, dist_npy: Path, out: Path, chunk
     cmd = [sys.executable, "-m", "facerco.cli", "eval", "megaface", "--probes", str(probes_npy), "--distractors",
            str(dist_npy), "--backend", backend, "--chunk-size", str(chunk), "--out", str(out)]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read() if proc.stderr else ""
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err[-2000:]}")
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        peak = 0.0
+        while proc.poll() is None:  # the child's own high-water mark: wait4's ru_maxrss starts from this
+            peak = max(peak, _child_hwm(proc.pid))  # process's peak (exec keeps it), so it would report ours
+            time.sleep(0.1)
+        wall = time.perf_counter() - t0
+        err.seek(0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.read()[-2000:]}")
     report = json.loads((out / "report.json").read_text())
-    return {"backend": backend, "command": " ".join(cmd), "wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024,
-            "sizes": _sizes_in(report)}
+    return {"backend": backend, "command": " ".join(cmd), "wall_s": wall, "peak_rss_mib": peak,
+            "peak_rss_source": "child's /proc VmHWM, polled every 0.1 s", "sizes": _sizes_in(report)}
+
+
+def _child_hwm(pid: int) -> float:
+    """VmHWM (peak resident MiB) of a running process; 0 once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def write_probe_files(folder: Path, probes: np.ndarray, labels: np.ndarray) -> Path:
