@@ -100,6 +100,23 @@ def test_pack_is_atomic_on_a_bad_image(aligned, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
 
 
+def test_cli_inspect_an_unlabeled_flat_folder(aligned, tmp_path, capsys):
+    """`data.format: images` folders have no identities: counts and a contact sheet, no histogram (was a crash)."""
+    import shutil
+
+    root, _ = aligned
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, img in enumerate(sorted(p for p in root.rglob("*") if p.is_file())):
+        shutil.copy(img, flat / f"{i}{img.suffix}")
+    assert main(["inspect", str(flat), "--out", str(tmp_path / "insp"), "--format", "images"]) == 0
+    assert "images      5" in capsys.readouterr().out
+    stats = json.loads((tmp_path / "insp" / "inspect.json").read_text())
+    assert stats["unlabeled"] and stats["identities"] == 0 and stats["histogram"] == []
+    assert (tmp_path / "insp" / "contact_sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "insp" / "histogram.png").exists()
+
+
 def test_cli_pack_inspect_make_bin(aligned, tmp_path, capsys):
     root, _ = aligned
     assert main(["pack", str(root), str(tmp_path / "ds"), "--no-progress"]) == 0

@@ -32,9 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--format",
-        choices=["auto", "rec", "folder"],
+        choices=["auto", "rec", "folder", "images"],
         default="auto",
-        help="reader; auto = rec when DATASET holds train.rec, else folder (default auto)",
+        help="reader; auto = rec when DATASET holds train.rec, else folder; images = a flat folder without "
+        "identities (default auto)",
     )
     parser.add_argument("--identities", type=int, default=12, help="identities on the contact sheet (default 12)")
     parser.add_argument("--per-identity", type=int, default=8, help="images per identity on the sheet (default 8)")

@@ -105,18 +105,56 @@ def _histogram_png(hist: list[tuple[str, int]], title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _unlabeled_sheet(ds, rows: int, cols: int, tile: int, path: Path) -> None:
+    """A contact sheet of an unlabeled folder: ``rows x cols`` images spread evenly over it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picks = np.unique(np.linspace(0, len(ds) - 1, min(len(ds), rows * cols)).round().astype(int))
+    grid = np.full((rows * tile, cols * tile, 3), 255, dtype=np.uint8)
+    for k, i in enumerate(picks):
+        r, c = divmod(k, cols)
+        grid[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = resize_square(ds.read_image(int(i)), tile)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * cols, 0.6 + 0.9 * rows), dpi=100)
+    ax.imshow(grid)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"{len(picks)} of {len(ds)} images, spread evenly (no identities)", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _inspect_unlabeled(ds, path: str | os.PathLike[str], out: Path, rows: int, cols: int, tile: int) -> dict:
+    """Counts and a contact sheet of a folder without identities (``data.format: images``): no histogram to draw."""
+    stats = {"dataset": str(path), "format": "images", "images": int(len(ds)), "identities": 0,
+             "identities_with_images": 0, "unlabeled": True, "images_per_identity": None, "histogram": [],
+             "histogram_png": None, "contact_sheet_png": str(out / "contact_sheet.png")}
+    _unlabeled_sheet(ds, rows, cols, tile, out / "contact_sheet.png")
+    write_json(out / "inspect.json", stats)
+    return stats
+
+
 def inspect_dataset(
     path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
-    fmt: Literal["rec", "folder", "auto"] = "auto",
+    fmt: Literal["rec", "folder", "images", "auto"] = "auto",
     identities: int = 12,
     per_identity: int = 8,
     tile: int = 112,
 ) -> dict:
-    """Compute the statistics, write ``inspect.json``, ``histogram.png`` and ``contact_sheet.png``; return the stats."""
+    """Compute the statistics, write ``inspect.json``, ``histogram.png`` and ``contact_sheet.png``; return the stats.
+
+    An unlabeled flat folder (``fmt="images"``) gets its image count and a contact sheet only.
+    """
     ds = open_dataset(path, fmt)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if len(ds.labels) and int(np.max(ds.labels)) < 0:
+        return _inspect_unlabeled(ds, path, out, identities, per_identity, tile)
     counts = np.bincount(ds.labels, minlength=ds.num_classes)
     hist = images_per_identity_histogram(counts)
     with_images = counts[counts > 0]
@@ -144,6 +182,9 @@ def inspect_dataset(
 
 def format_report(stats: dict) -> str:
     """A plain-text summary with the histogram as a bar table."""
+    if stats.get("unlabeled"):
+        return "\n".join([f"dataset     {stats['dataset']} (images: no identities)", f"images      {stats['images']}",
+                          "", f"contact sheet: {stats['contact_sheet_png']}"])
     ipi = stats["images_per_identity"]
     lines = [
         f"dataset     {stats['dataset']} ({stats['format']})",
