@@ -97,3 +97,4 @@ def test_labelled_losses_and_the_teacher_refuse_a_flat_folder(route, tmp_path, c
     teacher.data.format = "images"
     with pytest.raises(ValueError, match=rf"^{flat}: unlabeled folder \(no identity sub-folders\); the teacher job "):
         run_teacher(teacher)
+    assert not (tmp_path / "teacher" / "config.yaml").exists()  # refused before the run folder is written

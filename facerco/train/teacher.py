@@ -93,11 +93,11 @@ def _train(cfg: Config, dist: fdist.DistInfo) -> FitResult:
     """The teacher job once the process group is up: config.yaml, data, backbone, head, route recorder, engine."""
     from facerco.data.datasets import require_labels
 
-    run_dir = prepare_run_dir(cfg, dist, unread=("distill",))  # a teacher never reads the student's section
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
-    dataset = build_train_dataset(cfg)
+    dataset = build_train_dataset(cfg)  # opened first: a folder the job cannot use leaves no run folder behind
     require_labels(dataset, "the teacher job trains a margin-softmax classifier over identities: give one "
                             "sub-folder per identity (data.format=folder) or a train.rec (data.format=rec)")
+    run_dir = prepare_run_dir(cfg, dist, unread=("distill",))  # a teacher never reads the student's section
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
     backbone = build_backbone(cfg)
     embedding_size = int(backbone.meta.embedding_size)  # type: ignore[union-attr]
     task = TeacherTask(backbone, build_head(cfg, embedding_size, int(dataset.num_classes)))
