@@ -490,19 +490,16 @@ def teacher_complete(run: Path) -> bool:
 def train_teacher(args: argparse.Namespace, layout: Layout, train: DeviceFaces, device: torch.device,
                   precision: Any) -> dict[str, Any]:
     """The teacher job's pieces (task, margin head, route recorder, engine) on the GPU-resident training set."""
-    from facerco.config import dump_config
     from facerco.losses.partial_fc import build_head
     from facerco.route.record import RouteRecorder
+    from facerco.train.distributed import DistInfo
     from facerco.train.engine import Engine, seed_everything
-    from facerco.train.job import build_backbone, check_resume_config
+    from facerco.train.job import build_backbone, prepare_run_dir
     from facerco.train.teacher import TeacherTask
-    from facerco.utils.io import atomic_write_text
 
     cfg = teacher_config(args, layout)
-    run = layout.teacher
-    check_resume_config(run, cfg)
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run / "config.yaml", dump_config(cfg))
+    # the teacher job's own resume check and first-start config.yaml (a resume no longer rewrites it)
+    run = prepare_run_dir(cfg, DistInfo(device=device), unread=("distill",))
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     backbone = build_backbone(cfg)
     meta = backbone.meta  # type: ignore[union-attr]
