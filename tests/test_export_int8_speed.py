@@ -22,21 +22,21 @@ from facerco.models import create_model
 SIZE = 32
 
 
-def _student(activation: str) -> torch.nn.Module:
+def _student(activation: str, size: int = SIZE) -> torch.nn.Module:
     """A small mbf_0.8m (32 px) with BN statistics from random images, so the calibration ranges are not degenerate."""
     torch.manual_seed(0)
-    model = create_model("mbf_0.8m", embedding_size=32, input_size=SIZE, activation=activation)
+    model = create_model("mbf_0.8m", embedding_size=32, input_size=size, activation=activation)
     with torch.no_grad():
         model.train()
-        model(torch.randn(16, 3, SIZE, SIZE))
+        model(torch.randn(16, 3, size, size))
     return model.eval()
 
 
-def _int8(tmp_path: Path, activation: str) -> Path:
-    model = _student(activation)
+def _int8(tmp_path: Path, activation: str, size: int = SIZE) -> Path:
+    model = _student(activation, size)
     src = tmp_path / f"{activation}.onnx"
     fx.export_onnx(model, src, exporter="legacy")
-    images = fx.generated_images(32, (SIZE, SIZE))
+    images = fx.generated_images(32, (size, size))
     calib = qz.CalibrationSet(images, "generated", [str(i) for i in range(len(images))], len(images), 0)
     out = tmp_path / f"{activation}.int8.onnx"
     qz.quantize_int8(src, out, calib, batch=16)
@@ -123,3 +123,18 @@ def test_config_key_builds_the_relu_student() -> None:
     model = build_backbone(cfg)
     assert model.meta.arch_kwargs["activation"] == "relu"
     assert not any(isinstance(m, torch.nn.PReLU) for m in model.modules())
+
+
+def test_relu_int8_file_loads_in_insightface_runtime(tmp_path: Path) -> None:
+    try:
+        from insightface.model_zoo import get_model
+    except ImportError:  # pragma: no cover - CI installs insightface
+        pytest.skip("insightface is not installed")
+    path = _int8(tmp_path, "relu", size=112)  # insightface's router takes square inputs of 112 px and more
+    runtime = get_model(str(path), providers=["CPUExecutionProvider"])
+    assert type(runtime).__name__ == "ArcFaceONNX" and tuple(runtime.input_size) == (112, 112)
+    rgb = fx.generated_images(3, (112, 112), seed=5)
+    feats = runtime.get_feat([np.ascontiguousarray(im[:, :, ::-1]) for im in rgb])  # insightface takes BGR
+    direct = fx.ort_session(path, threads=1).run(None, {"data": fx.normalize_batch(rgb)})[0]
+    cos = (feats * direct).sum(1) / (np.linalg.norm(feats, axis=1) * np.linalg.norm(direct, axis=1))
+    assert feats.shape == direct.shape == (3, 32) and cos.min() >= 0.99
