@@ -70,3 +70,13 @@ def test_error_line_names_unexpected_types_and_joins_lines(capsys):
     assert capsys.readouterr().err == "prog: error: TypeError: unexpected (rerun with --debug for the traceback)\n"
     with pytest.raises(TypeError):
         run_guarded("prog", boom, debug=True)
+
+
+def test_building_the_parser_does_not_import_torch() -> None:
+    """`facerco --help` and every command's parsing stay fast: torch (2 s to import) loads only when a command runs."""
+    import subprocess
+    import sys
+
+    code = "import sys; from facerco.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

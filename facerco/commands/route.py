@@ -58,7 +58,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _add_import(sub: argparse._SubParsersAction) -> None:
-    from facerco.route.published import KINDS
+    from facerco.route.teacher_kinds import KINDS
 
     p = sub.add_parser(
         "import", help="make a published model a one-point route (facerco, insightface .pth, ONNX, dlib)",

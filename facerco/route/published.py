@@ -31,6 +31,7 @@ from torch import nn
 
 from facerco.models.meta import ModelMeta
 from facerco.prep.views import TeacherView, crop_landmarks, get_view
+from facerco.route.teacher_kinds import KINDS
 from facerco.utils.io import atomic_path, sha256_file, write_json
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
 ]
 
 Kind = Literal["facerco", "insightface", "onnx", "dlib"]
-KINDS = ("auto", "facerco", "insightface", "onnx", "dlib")
 DLIB_MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 _SUFFIX = {"facerco": ".safetensors", "insightface": ".safetensors", "onnx": ".onnx", "dlib": ".dat"}
 
