@@ -438,6 +438,11 @@ def _goals(teacher: dict[str, Any], students: dict[str, Any], rec: str) -> dict[
         goals["speedup_int8"] = teacher["ms_per_face"] / students[f"{rec}_int8"]["ms_per_face"]
     if "mimic" in students and "scratch" in students:
         goals["mimic_minus_scratch_points"] = 100 * (students["mimic"]["pairs_acc"] - students["scratch"]["pairs_acc"])
+    pairs = [(p, r) for p, r in (("mimic", "mimic_relu"), ("mimic_s1", "mimic_relu_s1"))
+             if p in students and r in students]
+    if pairs:  # issue 20 amendments: ReLU - PReLU test accuracy, per seed and their mean
+        diffs = [100 * (students[r]["pairs_acc"] - students[p]["pairs_acc"]) for p, r in pairs]
+        goals["relu_minus_prelu_points"] = {"per_seed": diffs, "mean": float(np.mean(diffs))}
     goals["met"] = {"accuracy >= 0.95x dlib": goals["accuracy_ratio"] >= 0.95,
                     "fp32 >= 10x faster than dlib": goals["speedup_fp32"] >= 10,
                     "mimic >= scratch + 10 points": goals.get("mimic_minus_scratch_points", -1e9) >= 10}
@@ -468,7 +473,10 @@ def format_table(result: dict[str, Any]) -> str:
                  f"{g['accuracy_ratio']:.3f}x dlib; {g['speedup_fp32']:.1f}x faster (fp32)"
                  + (f", {g['speedup_int8']:.1f}x (int8)" if "speedup_int8" in g else "")
                  + (f"; mimic − scratch {g['mimic_minus_scratch_points']:+.2f} points"
-                    if "mimic_minus_scratch_points" in g else ""))
+                    if "mimic_minus_scratch_points" in g else "")
+                 + (f"; ReLU − PReLU {g['relu_minus_prelu_points']['mean']:+.2f} points (seeds: "
+                    + ", ".join(f"{d:+.2f}" for d in g["relu_minus_prelu_points"]["per_seed"]) + ")"
+                    if "relu_minus_prelu_points" in g else ""))
     return "\n".join(lines) + "\n"
 
 
