@@ -45,7 +45,7 @@ from facerco.models import create_model
 from facerco.utils.io import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import add_provenance_args, benchmark_recorder  # noqa: E402
+from _provenance import add_provenance_args, benchmark_recorder, cpu_info  # noqa: E402
 
 BACKENDS = ("torch_eager", "torch_compile", "onnxruntime")
 ONNX_FILES = {"onnxruntime": "fp32", "onnxruntime_fp16": "fp16", "onnxruntime_int8": "int8",
@@ -365,13 +365,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cpu_flags() -> list[str]:
-    """The integer-dot-product features onnxruntime's int8 kernels use when present (x86 Linux only)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split()
-    except (OSError, IndexError):
-        return []
-    return sorted(f for f in set(flags) if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
-                                                  "amx_int8", "amx_bf16"})
+    """The integer/bf16 features onnxruntime's kernels use when present (the provenance block's CPU reading)."""
+    return sorted(f for f, on in (cpu_info()["flags"] or {}).items() if on)
 
 
 if __name__ == "__main__":

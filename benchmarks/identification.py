@@ -34,15 +34,18 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import add_provenance_args, benchmark_recorder  # noqa: E402
+from _provenance import add_provenance_args, benchmark_recorder, cpu_info  # noqa: E402
 
 
-def _vm(key: str) -> float:
-    """A /proc/self/status memory field in MiB (VmHWM = peak resident, VmRSS = now)."""
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
+def _vm(key: str, pid: int | str = "self") -> float:
+    """A /proc/<pid>/status memory field in MiB (VmHWM = peak resident, VmRSS = now); 0 for a process that ended."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return 0.0
     return float("nan")
 
 
@@ -124,7 +127,7 @@ def run_command(backend: str, probes_npy: Path, dist_npy: Path, out: Path, chunk
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
         peak = 0.0
         while proc.poll() is None:  # the child's own high-water mark: wait4's ru_maxrss starts from this
-            peak = max(peak, _child_hwm(proc.pid))  # process's peak (exec keeps it), so it would report ours
+            peak = max(peak, _vm("VmHWM", proc.pid))  # process's peak (exec keeps it), so it would report ours
             time.sleep(0.1)
         wall = time.perf_counter() - t0
         err.seek(0)
@@ -135,18 +138,6 @@ def run_command(backend: str, probes_npy: Path, dist_npy: Path, out: Path, chunk
             "peak_rss_source": "child's /proc VmHWM, polled every 0.1 s", "sizes": _sizes_in(report)}
 
 
-def _child_hwm(pid: int) -> float:
-    """VmHWM (peak resident MiB) of a running process; 0 once it has exited."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def write_probe_files(folder: Path, probes: np.ndarray, labels: np.ndarray) -> Path:
     """``probes.npy`` + ``probes.csv`` (path,label,norm), the layout ``facerco export embeddings`` writes."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -154,17 +145,6 @@ def write_probe_files(folder: Path, probes: np.ndarray, labels: np.ndarray) -> P
     rows = ["path,label,norm"] + [f"p{i:05d}.jpg,{int(lab)},1" for i, lab in enumerate(labels)]
     (folder / "probes.csv").write_text("\n".join(rows) + "\n")
     return folder / "probes.npy"
-
-
-def cpu_int8_flags() -> dict[str, bool]:
-    words = set()
-    with open("/proc/cpuinfo", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("flags"):
-                words = set(line.split())
-                break
-    return {flag: flag in words for flag in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
-                                             "amx_bf16")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     identical = all(r["sizes"] == rows[0]["sizes"] for r in rows) and all(
         c["sizes"] == [rows[0]["sizes"]] for c in commands)
     peak = _vm("VmHWM")
-    flags = cpu_int8_flags()
+    flags = cpu_info()["flags"] or {}
     out = {"args": vars(args), "bare_product_s": bare, "bare_before_s": bare_before, "bare_after_s": bare_after,
            "bare_int8_product_s": bare_int8, "runs": rows, "commands": commands, "results_identical": identical,
            "peak_rss_mib": peak, "distractor_array_mib": array_mib, "peak_minus_array_mib": peak - array_mib,

@@ -56,6 +56,16 @@ def _sample_identities(counts: np.ndarray, n: int) -> list[int]:
     return sorted(by_size[np.linspace(0, len(by_size) - 1, n).round().astype(int)].tolist())
 
 
+def _save_png(fig, path: Path) -> None:  # noqa: ANN001 - a matplotlib Figure
+    """Lay out, write atomically and free the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
 def _contact_sheet(ds, counts: np.ndarray, identities: int, per_identity: int, tile: int, path: Path) -> None:
     import matplotlib
 
@@ -80,10 +90,7 @@ def _contact_sheet(ds, counts: np.ndarray, identities: int, per_identity: int, t
     ax.set_yticks([(r + 0.5) * tile for r in range(len(chosen))], names, fontsize=7)
     ax.set_xticks([])
     ax.set_title(f"{len(chosen)} identities x up to {per_identity} images (identity, image count)", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 def _histogram_png(hist: list[tuple[str, int]], title: str, path: Path) -> None:
@@ -99,10 +106,7 @@ def _histogram_png(hist: list[tuple[str, int]], title: str, path: Path) -> None:
     ax.set_title(title, fontsize=9)
     for x, (_, count) in enumerate(hist):
         ax.annotate(str(count), (x, count), ha="center", va="bottom", fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 def _unlabeled_sheet(ds, rows: int, cols: int, tile: int, path: Path) -> None:
@@ -122,10 +126,7 @@ def _unlabeled_sheet(ds, rows: int, cols: int, tile: int, path: Path) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"{len(picks)} of {len(ds)} images, spread evenly (no identities)", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 def _inspect_unlabeled(ds, path: str | os.PathLike[str], out: Path, rows: int, cols: int, tile: int) -> dict:

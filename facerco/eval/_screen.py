@@ -24,7 +24,7 @@ All norms are computed in float64 and inflated by 1e-9 relative (their own round
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -72,7 +72,6 @@ class Int8Stats:
     max_residual: float = 0.0
     max_quantized: float = 0.0
     max_norm: float = 0.0
-    rows: int = field(default=0)
 
     def add(self, q: Int8Rows, rows: np.ndarray) -> None:
         if len(rows) == 0:
@@ -81,7 +80,6 @@ class Int8Stats:
         self.max_quantized = max(self.max_quantized, float(q.quantized_norm.max()))
         norms = np.sqrt(np.einsum("ij,ij->i", rows.astype(np.float64), rows.astype(np.float64)))
         self.max_norm = max(self.max_norm, float(norms.max()) * _INFLATE)
-        self.rows += len(rows)
 
 
 def _gamma64(dim: int) -> float:
